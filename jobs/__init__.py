@@ -1,0 +1,1 @@
+"""SPMD entry scripts: run with mpiexec -n N python -m llcuda_mpi.jobs.<name>."""

@@ -1,0 +1,1 @@
+"""Numba kernels (CUDA and CPU) with numpy references. Imports only numba, numpy, math."""
