@@ -1,0 +1,88 @@
+"""Shared pieces of the kernel modules: block sizes, launcher checks, block reductions.
+
+Block sizes shrink on the CUDA simulator (each simulated thread is a Python
+thread): the kernels are the same code, only the grid is smaller.
+"""
+
+import numpy as np
+from numba import config, cuda
+
+SIM = bool(config.ENABLE_CUDASIM)
+TPB = 32 if SIM else 256          # threads per block of the row kernels (power of 2)
+TPB_ELT = 32 if SIM else 256      # threads per block of the elementwise kernels
+
+
+def blocks(n, tpb):
+    """Number of blocks of tpb threads covering n items (at least 1)."""
+    return max(1, (n + tpb - 1) // tpb)
+
+
+def check(name, arr, dtype, shape=None, ndim=None, device=True):
+    """Validate one launcher argument; shape entries of None match anything.
+
+    device=True: a numba device array (a host numpy array would be copied and
+    synchronised behind our back, which a CUDA graph capture cannot contain).
+    """
+    if device and isinstance(arr, np.ndarray):
+        raise ValueError(f"{name}: expected a numba device array (cuda.to_device/device_array), got a numpy array")
+    if not device and not isinstance(arr, np.ndarray):
+        raise ValueError(f"{name}: expected a numpy array, got {type(arr).__name__}")
+    if not (hasattr(arr, "shape") and hasattr(arr, "dtype")):
+        raise ValueError(f"{name}: expected an array, got {type(arr).__name__}")
+    if np.dtype(arr.dtype) != np.dtype(dtype):
+        raise ValueError(f"{name}: dtype must be {np.dtype(dtype)}, got {np.dtype(arr.dtype)}")
+    if shape is not None:
+        ndim = len(shape)
+    if ndim is not None and len(arr.shape) != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions, got shape {tuple(arr.shape)}")
+    if shape is not None:
+        for want, got in zip(shape, arr.shape):
+            if want is not None and want != got:
+                raise ValueError(f"{name}: expected shape {_fmt(shape)}, got {tuple(arr.shape)}")
+    return tuple(arr.shape)
+
+
+def _fmt(shape):
+    return "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
+
+
+def as_2d(name, arr):
+    """View a 1-D array as (1, n) so one 2-D kernel serves vectors and batches."""
+    if len(arr.shape) == 1:
+        return arr.reshape(1, arr.shape[0])
+    if len(arr.shape) != 2:
+        raise ValueError(f"{name}: expected 1 or 2 dimensions, got shape {tuple(arr.shape)}")
+    return arr
+
+
+@cuda.jit(device=True)
+def block_sum(sh, tx, val):
+    """Sum of val over the block (blockDim.x a power of 2); sh: shared, blockDim.x long."""
+    sh[tx] = val
+    cuda.syncthreads()  # every thread's partial is in sh
+    s = cuda.blockDim.x // 2
+    while s > 0:
+        if tx < s:
+            sh[tx] += sh[tx + s]
+        cuda.syncthreads()  # this tree level is summed
+        s //= 2
+    total = sh[0]
+    cuda.syncthreads()  # everyone has read sh[0] before sh is reused
+    return total
+
+
+@cuda.jit(device=True)
+def block_max(sh, tx, val):
+    """Maximum of val over the block; sh: shared, blockDim.x long."""
+    sh[tx] = val
+    cuda.syncthreads()  # every thread's partial is in sh
+    s = cuda.blockDim.x // 2
+    while s > 0:
+        if tx < s:
+            if sh[tx + s] > sh[tx]:
+                sh[tx] = sh[tx + s]
+        cuda.syncthreads()  # this tree level is reduced
+        s //= 2
+    total = sh[0]
+    cuda.syncthreads()  # everyone has read sh[0] before sh is reused
+    return total

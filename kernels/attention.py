@@ -1,0 +1,198 @@
+"""KV-cache store and attention with GQA over the cache (decode and causal prefill).
+
+Caches k_cache, v_cache (S slots, C positions, Hkv, D) float32. One form serves
+decode and chunked prefill: token t of q (T, H, D) belongs to cache slot slot[t]
+at position pos[t] and attends positions lo..pos[t] of that slot, lo = 0 or
+pos[t] - window + 1 with a sliding window. For decode, pos = seq_len - 1.
+slot/pos are device arrays (a captured graph replays them). Tokens whose slot
+or pos is out of range are skipped (nothing written), never read out of bounds.
+Reference: kernels.reference.kv_store / attention.
+"""
+
+import math
+
+import numpy as np
+from numba import config, cuda, float32, njit, prange
+
+from ._common import TPB_ELT, block_max, block_sum, blocks, check
+
+TPB_ATT = 32 if config.ENABLE_CUDASIM else 128   # threads per (token, head) block
+HD_MAX = 256                                      # largest head_dim (gemma3)
+NACC = HD_MAX // TPB_ATT                          # output dims per thread
+
+
+@cuda.jit(cache=True)
+def _kv_store_kernel(k, v, k_cache, v_cache, slot, pos):
+    # one thread per element of k (T, Hkv, D)
+    idx = cuda.grid(1)
+    T, Hkv, D = k.shape
+    if idx >= T * Hkv * D:
+        return
+    d = idx % D
+    h = (idx // D) % Hkv
+    t = idx // (D * Hkv)
+    s = slot[t]
+    p = pos[t]
+    if s < 0 or s >= k_cache.shape[0] or p < 0 or p >= k_cache.shape[1]:
+        return
+    k_cache[s, p, h, d] = k[t, h, d]
+    v_cache[s, p, h, d] = v[t, h, d]
+
+
+@cuda.jit(cache=True)
+def _attention_kernel(q, k_cache, v_cache, slot, pos, scale, window, out):
+    # one block per (token t, head h): bx = t * H + h; online softmax over chunks of TPB_ATT positions
+    bx = cuda.blockIdx.x
+    tx = cuda.threadIdx.x
+    T, H, D = q.shape
+    if bx >= T * H:
+        return
+    q_sh = cuda.shared.array(HD_MAX, float32)
+    w_sh = cuda.shared.array(TPB_ATT, float32)
+    red = cuda.shared.array(TPB_ATT, float32)
+    acc = cuda.local.array(NACC, float32)
+    t = bx // H
+    h = bx % H
+    kh = h // (H // k_cache.shape[2])
+    s = slot[t]
+    p = pos[t]
+    if s < 0 or s >= k_cache.shape[0] or p < 0 or p >= k_cache.shape[1]:
+        return
+    lo = 0
+    if window > 0 and p - window + 1 > 0:
+        lo = p - window + 1
+    for d in range(tx, D, TPB_ATT):
+        q_sh[d] = q[t, h, d] * scale
+    for a in range(NACC):
+        acc[a] = float32(0.0)
+    cuda.syncthreads()  # q_sh is loaded
+    m = float32(-math.inf)  # running max of the scores (same in every thread)
+    l = float32(0.0)        # this thread's share of the softmax denominator
+    for start in range(lo, p + 1, TPB_ATT):
+        j = start + tx
+        sc = float32(-math.inf)
+        if j <= p:
+            sc = float32(0.0)
+            for d in range(D):
+                sc += q_sh[d] * k_cache[s, j, kh, d]
+        m_new = max(m, block_max(red, tx, sc))
+        alpha = math.exp(m - m_new)
+        wj = float32(0.0)
+        if j <= p:
+            wj = math.exp(sc - m_new)
+        w_sh[tx] = wj
+        l = l * alpha + wj
+        cuda.syncthreads()  # this chunk's weights are in w_sh
+        nj = min(TPB_ATT, p + 1 - start)
+        for a in range(NACC):
+            d = tx + a * TPB_ATT
+            if d < D:
+                o = acc[a] * alpha
+                for jj in range(nj):
+                    o += w_sh[jj] * v_cache[s, start + jj, kh, d]
+                acc[a] = o
+        m = m_new
+        cuda.syncthreads()  # every thread has read w_sh before the next chunk writes it
+    lsum = block_sum(red, tx, l)
+    for a in range(NACC):
+        d = tx + a * TPB_ATT
+        if d < D:
+            out[t, h, d] = acc[a] / lsum
+
+
+@njit(parallel=True, cache=True)
+def _kv_store_cpu(k, v, k_cache, v_cache, slot, pos):
+    for t in prange(k.shape[0]):
+        s = slot[t]
+        p = pos[t]
+        if s < 0 or s >= k_cache.shape[0] or p < 0 or p >= k_cache.shape[1]:
+            continue
+        k_cache[s, p] = k[t]
+        v_cache[s, p] = v[t]
+
+
+@njit(parallel=True, cache=True)
+def _attention_cpu(q, k_cache, v_cache, slot, pos, scale, window, out):
+    T, H, D = q.shape
+    group = H // k_cache.shape[2]
+    for th in prange(T * H):
+        t = th // H
+        h = th % H
+        kh = h // group
+        s = slot[t]
+        p = pos[t]
+        if s < 0 or s >= k_cache.shape[0] or p < 0 or p >= k_cache.shape[1]:
+            continue
+        lo = 0
+        if window > 0 and p - window + 1 > 0:
+            lo = p - window + 1
+        sc = np.empty(p + 1 - lo, np.float32)
+        m = np.float32(-np.inf)
+        for j in range(lo, p + 1):
+            acc = np.float32(0.0)
+            for d in range(D):
+                acc += q[t, h, d] * k_cache[s, j, kh, d]
+            sc[j - lo] = acc * scale
+            m = max(m, sc[j - lo])
+        tot = np.float32(0.0)
+        for j in range(sc.size):
+            sc[j] = np.float32(math.exp(sc[j] - m))
+            tot += sc[j]
+        for d in range(D):
+            o = np.float32(0.0)
+            for j in range(lo, p + 1):
+                o += sc[j - lo] * v_cache[s, j, kh, d]
+            out[t, h, d] = o / tot
+
+
+def _check_cache(k_cache, v_cache, device):
+    S, C, Hkv, D = check("k_cache", k_cache, np.float32, ndim=4, device=device)
+    check("v_cache", v_cache, np.float32, shape=(S, C, Hkv, D), device=device)
+    return Hkv, D
+
+
+def _check_tokens(name, x, slot, pos, device, Hkv, D):
+    T, nh, _ = check(name, x, np.float32, shape=(None, None, D), device=device)
+    check("slot", slot, np.int32, shape=(T,), device=device)
+    check("pos", pos, np.int32, shape=(T,), device=device)
+    if nh % Hkv:
+        raise ValueError(f"{name}: {nh} heads is not a multiple of the cache's {Hkv} kv heads")
+    return T, nh
+
+
+def kv_store_cuda(k, v, k_cache, v_cache, slot, pos, stream=0):
+    """k, v (T, Hkv, D) -> caches at [slot[t], pos[t]]; device arrays."""
+    Hkv, D = _check_cache(k_cache, v_cache, True)
+    T, _ = _check_tokens("k", k, slot, pos, True, Hkv, D)
+    check("v", v, np.float32, shape=(T, Hkv, D), device=True)
+    n = T * Hkv * D
+    _kv_store_kernel[blocks(n, TPB_ELT), TPB_ELT, stream](k, v, k_cache, v_cache, slot, pos)
+
+
+def attention_cuda(q, k_cache, v_cache, slot, pos, scale, out, window=0, stream=0):
+    """out (T, H, D) = softmax(scale * q k^T) v over positions lo..pos[t] of slot[t]."""
+    Hkv, D = _check_cache(k_cache, v_cache, True)
+    T, H = _check_tokens("q", q, slot, pos, True, Hkv, D)
+    check("out", out, np.float32, shape=(T, H, D), device=True)
+    if D > HD_MAX:
+        raise ValueError(f"q: head_dim {D} exceeds the kernel's maximum {HD_MAX}")
+    if window < 0:
+        raise ValueError(f"window must be >= 0 (0 = no window), got {window}")
+    _attention_kernel[T * H, TPB_ATT, stream](
+        q, k_cache, v_cache, slot, pos, np.float32(scale), int(window), out)
+
+
+def kv_store_cpu(k, v, k_cache, v_cache, slot, pos):
+    Hkv, D = _check_cache(k_cache, v_cache, False)
+    T, _ = _check_tokens("k", k, slot, pos, False, Hkv, D)
+    check("v", v, np.float32, shape=(T, Hkv, D), device=False)
+    _kv_store_cpu(k, v, k_cache, v_cache, slot, pos)
+
+
+def attention_cpu(q, k_cache, v_cache, slot, pos, scale, out, window=0):
+    Hkv, D = _check_cache(k_cache, v_cache, False)
+    T, H = _check_tokens("q", q, slot, pos, False, Hkv, D)
+    check("out", out, np.float32, shape=(T, H, D), device=False)
+    if window < 0:
+        raise ValueError(f"window must be >= 0 (0 = no window), got {window}")
+    _attention_cpu(q, k_cache, v_cache, slot, pos, np.float32(scale), int(window), out)
