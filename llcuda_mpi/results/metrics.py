@@ -174,6 +174,13 @@ def per_rank(res, ok_mask, duration) -> list:
     return out
 
 
+def _model_name(prov):
+    model = prov.get("model")
+    if isinstance(model, dict):
+        model = model.get("path") or model.get("name")
+    return model if isinstance(model, str) and model else prov.get("model_path")
+
+
 def summarise(res, slo: SLO | None = None) -> dict:
     """Everything `report` prints for one file, JSON-ready."""
     measured = res.requests["warmup"] == 0
@@ -194,7 +201,7 @@ def summarise(res, slo: SLO | None = None) -> dict:
         "path": res.path, "schema_version": res.version, "complete": res.complete,
         "rows_dropped": res.n_dropped,
         "backend": prov.get("backend"), "ranks": ranks, "workers": workers,
-        "model": prov.get("model") if isinstance(prov.get("model"), str) else prov.get("model_path"),
+        "model": _model_name(prov),
         "counts": {**counts(res.requests[measured]), "warmup": int((~measured).sum())},
         "window": win,
         "input_tokens": n_in, "output_tokens": n_out,

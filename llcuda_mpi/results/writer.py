@@ -169,6 +169,11 @@ class ResultsWriter:
         self._last_flush = time.monotonic()
 
     @property
+    def flushed_rows(self) -> int:
+        """Rows on disk (readable from the `.tmp` file even after `kill -9`)."""
+        return self._n_rows
+
+    @property
     def n_rows(self) -> int:
         """Rows added so far (flushed or buffered)."""
         return self._n_rows + self._n_buf
