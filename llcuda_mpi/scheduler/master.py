@@ -25,12 +25,13 @@ def _master_completion(request: Request, status: str, error: str, t_sent: float)
     return Completion(request.id, status, error, t_submit=t_sent, t_end=time.time())
 
 
-def run_master(comm, dispatcher: Dispatcher, on_result, *, on_tokens=None,
+def run_master(comm, dispatcher: Dispatcher, on_result, *, on_tokens=None, on_tick=None,
                backoff: m.Backoff | None = None) -> tuple[float, float]:
     """Run every request of `dispatcher` through the workers of `comm` (ranks 1..).
 
     on_result(request, completion, rank) is called once per request;
-    on_tokens(rank, [TokenEvent]) for forwarded token events.
+    on_tokens(rank, [TokenEvent]) for forwarded token events; on_tick() once per
+    loop turn (periodic flushes, progress redraws).
     Returns the measured window (t_start, t_end) in time.time() seconds.
     """
     backoff = backoff or m.Backoff()
@@ -67,6 +68,8 @@ def run_master(comm, dispatcher: Dispatcher, on_result, *, on_tokens=None,
                 sent_at[request.id] = now
             sends.append(comm.isend((m.RUN, batch), dest=rank, tag=m.TAG))
             got = True
+        if on_tick is not None:
+            on_tick()
         if dispatcher.done() and t_end is None:
             t_end = time.time()
         if got:
