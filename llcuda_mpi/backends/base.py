@@ -52,6 +52,7 @@ class Completion:
     n_output: int = 0
     token_times: list[float] = field(default_factory=list)  # one per output token (or per chunk)
     text: str = ""
+    token_ids: list[int] = field(default_factory=list)      # output ids, when the backend knows them
     finish_reason: str = ""                 # "eos" | "length" | "stop" | "" on failure
     server_timings: dict = field(default_factory=dict)      # e.g. llama-server `timings`
 

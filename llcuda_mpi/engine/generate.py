@@ -1,0 +1,67 @@
+"""`llcuda-mpi generate`: one-off generation with the engine, streaming text to the terminal."""
+
+import sys
+import time
+
+from llcuda_mpi.backends.base import Completion, Request, TokenEvent
+
+
+def add_arguments(parser):
+    parser.add_argument("--model", default="", metavar="GGUF",
+                        help="GGUF model file (default: the built-in default model)")
+    parser.add_argument("--prompt", "-p", required=True, help="prompt text")
+    parser.add_argument("-n", "--max-tokens", type=int, default=64, help="tokens to generate (default %(default)s)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default %(default)s)")
+    parser.add_argument("--top-k", type=int, default=0, help="0 = off (default %(default)s)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="1 = off (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default %(default)s)")
+    parser.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-sequence tokens")
+    parser.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto = cuda if a GPU is visible (default %(default)s)")
+    parser.add_argument("--n-ctx", type=int, default=0, help="context positions; 0 = min(model's, 2048)")
+    parser.add_argument("--ids", action="store_true", help="print token ids instead of text")
+
+
+def _device(choice):
+    """auto -> cuda when a real GPU is visible (never the simulator), else cpu."""
+    if choice != "auto":
+        return choice
+    from numba import config, cuda
+    return "cuda" if not config.ENABLE_CUDASIM and cuda.is_available() else "cpu"
+
+
+def run(args):
+    from llcuda_mpi.backends.engine import build_engine, open_model
+    from llcuda_mpi.model.gguf import ModelError
+    if args.max_tokens < 1:
+        print("error: --max-tokens must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        model = open_model(args.model)
+    except ModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    device = _device(args.device)
+    engine = build_engine(model, device, 1, args.n_ctx, 128)
+    request = Request(id=0, prompt=args.prompt, max_tokens=args.max_tokens, ignore_eos=args.ignore_eos,
+                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                      stop=args.stop)
+    t0 = time.time()
+    done = engine.submit(request, t0)
+    while done is None:
+        for event in engine.step():
+            if isinstance(event, TokenEvent):
+                sys.stdout.write(" ".join(map(str, event.token_ids)) + " " if args.ids else event.text)
+                sys.stdout.flush()
+            elif isinstance(event, Completion):
+                done = event
+    sys.stdout.write("\n")
+    if done.status != "ok":
+        print(f"error: {done.error}", file=sys.stderr)
+        return 1
+    decode_s = done.t_end - done.t_first
+    rate = (done.n_output - 1) / decode_s if done.n_output > 1 and decode_s > 0 else float("nan")
+    print(f"[{device}] prompt {done.n_prompt} tokens, TTFT {1e3 * (done.t_first - t0):.1f} ms; "
+          f"{done.n_output} tokens, {rate:.1f} tok/s decode; stop: {done.finish_reason}", file=sys.stderr)
+    return 0

@@ -1,0 +1,192 @@
+"""The two `ops` objects the forward runs on: CpuOps (numba njit) and CudaOps (numba.cuda).
+
+Both expose the same methods, one per named step of forward(), each a thin
+call into a kernel launcher from `llcuda_mpi.kernels`. Arrays are numpy
+arrays on the CPU and numba device arrays on CUDA; `Weight` carries a 2-D
+tensor's raw GGUF blocks and its type (never a dequantised copy).
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from llcuda_mpi.kernels import activations, attention, elementwise, gather, matvec, norm, rope, sampling
+from llcuda_mpi.kernels import embedding as embedding_k
+
+
+@dataclass
+class Weight:
+    raw: object        # uint8 (rows, bytes_per_row): the GGUF blocks, host or device
+    qtype: str         # "F32", "Q4_K", ...
+    rows: int
+    cols: int
+
+
+class _Ops:
+    """What CpuOps and CudaOps share: shape helpers and per-slot sampling state."""
+
+    suffix = ""
+
+    def flat(self, a):
+        """(T, heads, hd) -> (T, heads*hd) view."""
+        return a.reshape(a.shape[0], a.shape[1] * a.shape[2])
+
+    def rows(self, a):
+        """(T, heads, hd) -> (T*heads, hd) view (per-head norms)."""
+        return a.reshape(a.shape[0] * a.shape[1], a.shape[2])
+
+    def sampling_state(self, n_slots):
+        """Host arrays of per-slot sampling parameters (B rows are gathered per step)."""
+        return {"temperature": np.zeros(n_slots, np.float32), "top_k": np.zeros(n_slots, np.int32),
+                "top_p": np.ones(n_slots, np.float32), "seed": np.zeros(n_slots, np.uint64),
+                "counter": np.zeros(n_slots, np.int32)}
+
+    def set_sampling(self, sp, slot, request):
+        sp["temperature"][slot] = request.temperature
+        sp["top_k"][slot] = request.top_k
+        sp["top_p"][slot] = request.top_p
+        sp["seed"][slot] = np.uint64(request.seed % (1 << 64))
+        sp["counter"][slot] = 0
+
+    def _step_params(self, sp, rows):
+        params = {name: arr[rows] for name, arr in sp.items()}
+        sp["counter"][rows] += 1
+        return params
+
+    def _call(self, module, name, *args, **kwargs):
+        return getattr(module, f"{name}_{self.suffix}")(*args, **kwargs)
+
+    # ---- forward steps ------------------------------------------------------
+    def embedding(self, w, ids, out):
+        self._call(embedding_k, "embedding", w.raw, w.qtype, ids, out, **self.kw)
+
+    def rmsnorm(self, x, w, eps, out):
+        self._call(norm, "rmsnorm", x, w, eps, out, **self.kw)
+
+    def matvec(self, w, x, out, bias=None, accumulate=False):
+        self._call(matvec, "matvec", w.raw, w.qtype, x, out, bias=bias, accumulate=accumulate, **self.kw)
+
+    def rope(self, q, k, pos, base, neox, freq_factors):
+        self._call(rope, "rope", q, k, pos, base, neox, freq_factors, **self.kw)
+
+    def kv_store(self, k, v, k_cache, v_cache, slot, pos):
+        self._call(attention, "kv_store", k, v, k_cache, v_cache, slot, pos, **self.kw)
+
+    def attention(self, q, k_cache, v_cache, slot, pos, out, scale, window):
+        self._call(attention, "attention", q, k_cache, v_cache, slot, pos, scale, out, window=window, **self.kw)
+
+    def silu_mul(self, gate, up, out):
+        self._call(activations, "silu_mul", gate, up, out, **self.kw)
+
+    def gelu_mul(self, gate, up, out):
+        self._call(activations, "gelu_mul", gate, up, out, **self.kw)
+
+    def add(self, x, y):
+        self._call(elementwise, "add", x, y, **self.kw)
+
+    def scale(self, x, s):
+        self._call(elementwise, "scale", x, s, **self.kw)
+
+    def softcap(self, x, cap):
+        self._call(elementwise, "softcap", x, cap, **self.kw)
+
+    def gather_rows(self, x, rows, out):
+        self._call(gather, "gather_rows", x, rows, out, **self.kw)
+
+
+class CpuOps(_Ops):
+    name = suffix = "cpu"
+    kw = {}
+
+    def zeros(self, shape, dtype):
+        return np.zeros(shape, dtype)
+
+    def upload(self, a):
+        return np.ascontiguousarray(a)
+
+    def check_fits(self, cfg, n_slots, n_ctx, max_tokens, model):
+        pass  # host memory: the OS says no loudly enough
+
+    def to_host(self, a):
+        return np.array(a)
+
+    def load_inputs(self, state, host, T, B):
+        """Copy this step's token ids, positions, slots and output rows into the state."""
+        for name, n in (("tokens", T), ("pos", T), ("slot", T), ("out_rows", B)):
+            getattr(state, name)[:n] = host[name][:n]
+
+    def step(self, cfg, weights, state, host, T, B, sp, rows, forward):
+        """Upload this step's inputs, run forward, sample; returns the B token ids (host)."""
+        self.load_inputs(state, host, T, B)
+        forward(cfg, weights, state, self, T, B)
+        p = self._step_params(sp, rows)
+        ids = np.zeros(B, np.int32)
+        sampling.sample_cpu(state.logits[:B], p["temperature"], p["top_k"], p["top_p"],
+                            p["seed"], p["counter"], ids)
+        return ids
+
+
+class CudaOps(_Ops):
+    name = suffix = "cuda"
+
+    def __init__(self):
+        # the device is chosen once per process before this (llcuda_mpi.mpi.activate)
+        from numba import cuda
+        self.cuda = cuda
+        if not cuda.is_available():
+            raise RuntimeError("--device cuda: no CUDA GPU is visible")
+        self.stream = cuda.stream()
+        self.kw = {"stream": self.stream}
+        self.ids = {}                                  # B -> device int32 (B,)
+
+    def zeros(self, shape, dtype):
+        return self.cuda.to_device(np.zeros(shape, dtype), stream=self.stream)
+
+    def upload(self, a):
+        return self.cuda.to_device(np.ascontiguousarray(a), stream=self.stream)
+
+    def check_fits(self, cfg, n_slots, n_ctx, max_tokens, model):
+        free, total = self.cuda.current_context().get_memory_info()
+        kv = 2 * cfg.n_layer * n_slots * n_ctx * cfg.n_head_kv * cfg.head_dim * 4
+        act = 4 * max_tokens * (4 * cfg.n_embd + 3 * cfg.n_ff + 2 * cfg.n_head * cfg.head_dim) \
+            + 4 * n_slots * (cfg.n_embd + cfg.n_vocab)
+        weights = sum(t.nbytes for t in model.tensors.values())
+        need = kv + act + weights
+        if need > free * 0.95:
+            raise MemoryError(
+                f"model + KV cache + activations need {need / 2**30:.2f} GiB "
+                f"(weights {weights / 2**30:.2f}, KV {kv / 2**30:.2f} for {n_slots} slots x {n_ctx} positions) "
+                f"but the GPU has {free / 2**30:.2f} GiB free of {total / 2**30:.2f}: "
+                f"lower --slots or --n-ctx")
+
+    def to_host(self, a):
+        out = a.copy_to_host(stream=self.stream)
+        self.stream.synchronize()
+        return out
+
+    def load_inputs(self, state, host, T, B):
+        for name, n in (("tokens", T), ("pos", T), ("slot", T), ("out_rows", B)):
+            getattr(state, name)[:n].copy_to_device(host[name][:n], stream=self.stream)
+
+    def step(self, cfg, weights, state, host, T, B, sp, rows, forward):
+        s = self.stream
+        self.load_inputs(state, host, T, B)
+        forward(cfg, weights, state, self, T, B)
+        p = {k: self.cuda.to_device(v, stream=s) for k, v in self._step_params(sp, rows).items()}
+        if B not in self.ids:
+            self.ids[B] = self.cuda.device_array(B, np.int32)
+        sampling.sample_cuda(state.logits[:B], p["temperature"], p["top_k"], p["top_p"],
+                             p["seed"], p["counter"], self.ids[B], stream=s)
+        out = self.ids[B].copy_to_host(stream=s)
+        s.synchronize()
+        return out
+
+
+def make_ops(device):
+    """`device` is "cpu" or "cuda" (the current CUDA device)."""
+    if device == "cuda":
+        return CudaOps()
+    if device == "cpu":
+        return CpuOps()
+    raise ValueError(f"unknown device {device!r} (cpu or cuda)")

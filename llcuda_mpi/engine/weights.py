@@ -1,0 +1,44 @@
+"""Weights uploaded once per worker: 2-D tensors keep their GGUF blocks, 1-D become float32."""
+
+import numpy as np
+
+from llcuda_mpi.engine.forward import LayerWeights, Weights
+from llcuda_mpi.engine.ops import Weight
+
+
+def load_weights(model, ops):
+    """Model (llcuda_mpi.model.gguf) -> Weights of ops arrays, read once from the memory map."""
+    t = model.tensors
+
+    def mat(name):
+        tensor = t[name]
+        rows, cols = tensor.shape
+        return Weight(ops.upload(np.asarray(tensor.data)), tensor.qtype, rows, cols)
+
+    def vec(name):
+        return ops.upload(model.dequantize(name, np.float32)) if name in t else None
+
+    layers = []
+    for i in range(model.config.n_layer):
+        p = f"blk.{i}."
+        layers.append(LayerWeights(
+            attn_norm=vec(p + "attn_norm.weight"),
+            attn_q=mat(p + "attn_q.weight"), attn_k=mat(p + "attn_k.weight"),
+            attn_v=mat(p + "attn_v.weight"), attn_output=mat(p + "attn_output.weight"),
+            ffn_norm=vec(p + "ffn_norm.weight"),
+            ffn_gate=mat(p + "ffn_gate.weight"), ffn_up=mat(p + "ffn_up.weight"),
+            ffn_down=mat(p + "ffn_down.weight"),
+            attn_q_bias=vec(p + "attn_q.bias"), attn_k_bias=vec(p + "attn_k.bias"),
+            attn_v_bias=vec(p + "attn_v.bias"),
+            attn_q_norm=vec(p + "attn_q_norm.weight"), attn_k_norm=vec(p + "attn_k_norm.weight"),
+            post_attention_norm=vec(p + "post_attention_norm.weight"),
+            post_ffw_norm=vec(p + "post_ffw_norm.weight"),
+        ))
+    embd = mat("token_embd.weight")
+    return Weights(
+        token_embd=embd,
+        output_norm=vec("output_norm.weight"),
+        output=mat("output.weight") if "output.weight" in t else embd,
+        layers=layers,
+        rope_freqs=vec("rope_freqs.weight"),
+    )
