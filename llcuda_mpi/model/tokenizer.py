@@ -66,7 +66,7 @@ class Tokenizer:
             raise TokenizerError(f"{source}: tokenizer.ggml.tokens is missing or not a list of strings")
         n = len(tokens)
         self.tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
-        self.token_to_id = {t: i for i, t in enumerate(self.tokens)}
+        self.token_to_id = dict(zip(self.tokens, range(n)))
         if len(self.token_to_id) != n:
             raise TokenizerError(f"{source}: tokenizer.ggml.tokens has duplicate tokens")
         self.scores = self._array(meta, "tokenizer.ggml.scores", n, np.float32, 0.0).tolist()
@@ -89,7 +89,7 @@ class Tokenizer:
                 pairs = split_merges(merges)
             except ValueError as exc:
                 raise TokenizerError(f"{source}: {exc}") from None
-            self._hf = build_bpe(self.tokens, pairs, self.pre)
+            self._hf = build_bpe(self.token_to_id, pairs, self.pre)
             self._byte_dec = {ord(c): b for b, c in bytes_to_unicode().items()}
         else:
             self._byte_ids = [self.token_to_id.get(f"<0x{b:02X}>", self.token_to_id.get(chr(b), -1) if b < 128 else -1)

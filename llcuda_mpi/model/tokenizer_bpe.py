@@ -46,19 +46,20 @@ def bytes_to_unicode() -> dict:
 
 def split_merges(merges, where="tokenizer.ggml.merges"):
     """GGUF merges "left right" -> [(left, right)]; split at the first space after position 0, as llama.cpp does."""
-    out = []
-    for i, m in enumerate(merges):
-        pos = m.find(" ", 1)
-        if pos < 0:
-            raise ValueError(f"{where}[{i}] = {m!r} is not 'left right'")
-        out.append((m[:pos], m[pos + 1:]))
-    return out
+    pairs = [(a, c) for a, _, c in map(str.partition, merges, [" "] * len(merges))]
+    for i, (a, c) in enumerate(pairs):
+        if not a or not c:                   # rare: a leading space belongs to the left part
+            m = merges[i]
+            pos = m.find(" ", 1)
+            if pos < 0:
+                raise ValueError(f"{where}[{i}] = {m!r} is not 'left right'")
+            pairs[i] = (m[:pos], m[pos + 1:])
+    return pairs
 
 
-def build_bpe(tokens, merges, pre: str) -> HFTokenizer:
-    """A `tokenizers` pipeline for raw-text fragments (no special tokens)."""
+def build_bpe(vocab: dict, merges, pre: str) -> HFTokenizer:
+    """A `tokenizers` pipeline for raw-text fragments (no special tokens); vocab: token -> id."""
     regex, ignore_merges, _, _ = PRE_TOKENIZERS[pre]
-    vocab = {t: i for i, t in enumerate(tokens)}
     model = models.BPE(vocab=vocab, merges=merges, ignore_merges=ignore_merges, fuse_unk=False,
                        byte_fallback=False)
     tok = HFTokenizer(model)

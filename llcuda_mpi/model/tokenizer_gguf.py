@@ -108,28 +108,29 @@ class _Cursor:
         self.fail(f"unknown array item type {itype}")
 
     def string_array(self, n, keep):
-        buf, unpack, pos, end = self.buf, struct.Struct(self.order + "Q").unpack_from, self.pos, len(self.buf)
-        out = [] if keep else None
-        append = out.append if keep else None
-        for i in range(n):
-            if pos + 8 > end:
-                self.pos = pos
-                self.fail(f"truncated file in string {i} of {n}")
-            (ln,) = unpack(buf, pos)
-            pos += 8
-            if pos + ln > end:
-                self.pos = pos
-                self.fail(f"truncated file in string {i} of {n} (length {ln})")
-            if keep:
-                append(buf[pos:pos + ln])
-            pos += ln
-        self.pos = pos
-        if not keep:
-            return None
-        try:
-            return [b.decode("utf-8") for b in out]
-        except UnicodeDecodeError:
-            return [b.decode("utf-8", errors="replace") for b in out]
+        """n strings; the offsets loop is the whole cost, so it is kept minimal."""
+        buf, unpack, start, end = self.buf, struct.Struct(self.order + "Q").unpack_from, self.pos, len(self.buf)
+        for errors in ("strict", "replace"):
+            out, pos = [], start
+            append = out.append
+            try:
+                for i in range(n):
+                    (ln,) = unpack(buf, pos)
+                    pos += 8
+                    if pos + ln > end:
+                        break
+                    if keep:
+                        append(str(buf[pos:pos + ln], "utf-8", errors))
+                    pos += ln
+                else:
+                    self.pos = pos
+                    return out if keep else None
+            except struct.error:
+                pass
+            except UnicodeDecodeError:
+                continue                     # a few vocabs hold invalid UTF-8 pieces: keep them, replaced
+            self.pos = pos
+            self.fail(f"truncated file in string {len(out) if keep else '?'} of {n}")
 
 
 def read_tokenizer_metadata(path) -> dict:
