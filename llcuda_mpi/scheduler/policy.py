@@ -166,13 +166,16 @@ class Dispatcher:
 
     # ---------------------------------------------------------------- timing
     def next_wakeup(self) -> float:
-        """Absolute time of the next arrival or deadline (inf if none is pending)."""
+        """Absolute time of the next sendable arrival or deadline (inf if none)."""
         t = math.inf
         while self._deadlines and self._deadlines[0][1] not in self.outstanding:
             heapq.heappop(self._deadlines)
         if self._deadlines:
             t = self._deadlines[0][0]
-        if not self._warm and self.warmup_left == 0 and self._measured and self.t_start is not None:
+        # The next arrival matters only if it could be sent (a free slot, under the
+        # cap); otherwise a completion comes first, and waiting for it is not a spin.
+        if (not self._warm and self.warmup_left == 0 and self._measured and self.t_start is not None
+                and self._ring and len(self.outstanding) < self.concurrency):
             t = min(t, self.t_start + self._measured[0][0])
         return t
 
