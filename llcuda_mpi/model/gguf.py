@@ -211,7 +211,7 @@ class Model:
     def file_type(self) -> str:
         """Quant label: `general.file_type` when known, else the most common 2-D tensor type."""
         ft = self.metadata.get("general.file_type")
-        if ft in FILE_TYPES:
+        if isinstance(ft, int) and ft in FILE_TYPES:
             return FILE_TYPES[ft]
         types = [t.qtype for t in self.tensors.values() if len(t.shape) >= 2]
         return max(set(types), key=types.count) if types else "F32"
@@ -249,6 +249,9 @@ def _check_tensors(path, cfg, tensors, meta):
     if declared is not None and declared != cfg.n_vocab:
         raise ModelError(path, f"vocab_size {declared} but token_embd.weight has {cfg.n_vocab} rows",
                          field=f"{cfg.arch}.vocab_size")
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type", "tokenizer.ggml.merges"):
+        if key in meta and not isinstance(meta[key], list):
+            raise ModelError(path, f"expected an array, got {type(meta[key]).__name__}", field=key)
     tokens = meta.get("tokenizer.ggml.tokens")
     if tokens is not None and len(tokens) > cfg.n_vocab:
         raise ModelError(path, f"{len(tokens)} tokens but token_embd.weight has {cfg.n_vocab} rows",
