@@ -44,8 +44,10 @@ def _assert_close(got, ref, atol=1e-5, rtol=1e-5):
     ref = np.asarray(ref, np.float64)
     assert got.shape == ref.shape, (got.shape, ref.shape)
     err = np.abs(got - ref) - (atol + rtol * np.abs(ref))
-    worst = np.unravel_index(np.argmax(err), err.shape) if err.size else ()
-    assert not err.size or err.max() <= 0, f"max excess {err.max():.3g} at {worst}: got {got[worst]}, ref {ref[worst]}"
+    if err.size and err.max() > 0:
+        worst = np.unravel_index(np.argmax(err), err.shape)
+        raise AssertionError(f"max excess {err.max():.3g} over atol + rtol*|ref| at {worst}: "
+                             f"got {got[worst]}, ref {ref[worst]}")
 
 
 @pytest.fixture(scope="session")
