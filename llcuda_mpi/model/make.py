@@ -194,9 +194,10 @@ def ensure_default_model() -> str:
 
 # ---------------------------------------------------------------- CLI
 
-def _parse_set(items, preset):
+def _parse_set(items):
     """KEY=VALUE strings -> overrides typed like the Preset fields."""
-    fields = {f.name: f.type for f in Preset.__dataclass_fields__.values()}
+    fields = {f.name: (f.type if isinstance(f.type, str) else f.type.__name__)
+              for f in Preset.__dataclass_fields__.values()}
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -204,7 +205,7 @@ def _parse_set(items, preset):
             raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of "
                              f"{', '.join(k for k in fields if k != 'name')}")
         kind = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes"),
-                "str": str}[fields[key] if isinstance(fields[key], str) else fields[key].__name__]
+                "str": str}[fields[key]]
         try:
             out[key] = kind(value)
         except ValueError:
@@ -233,7 +234,7 @@ def run(args) -> int:
     output = args.output or f"{args.preset}-{args.quant}.gguf"
     start = time.perf_counter()
     try:
-        overrides = _parse_set(args.set, args.preset)
+        overrides = _parse_set(args.set)
         path = make_model(args.preset, output, quant=args.quant, seed=args.seed, **overrides)
     except (ValueError, OSError) as exc:
         print(f"llcuda-mpi make-model: error: {exc}", file=sys.stderr)
