@@ -148,7 +148,11 @@ class Tokenizer:
             if ids[k] is not None and ids[k] >= n:
                 ids[k] = None
             v = meta.get(f"tokenizer.ggml.{k}_token_id")
-            if v is not None and 0 <= int(v) < n:
+            if v is None:
+                continue
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
+                raise TokenizerError(f"{self.source}: tokenizer.ggml.{k}_token_id = {v!r} is not an integer")
+            if 0 <= v < n:                   # out of range: llama.cpp warns and keeps the default
                 ids[k] = int(v)
         self.bos_id, self.eos_id, self.eot_id, self.eom_id = ids["bos"], ids["eos"], ids["eot"], ids["eom"]
         self.unk_id, self.pad_id = ids["unknown"], ids["padding"]
