@@ -174,6 +174,11 @@ class ReferenceModel:
         check_config(config)
         self.config = config
         self.dtype = dtype
+        # llama.cpp decides these by the tensors' presence: config must agree
+        if config.tied_embeddings and "output.weight" in weights:
+            raise ValueError("config.tied_embeddings is set but weights have 'output.weight'")
+        if not config.rope_freq_factors and "rope_freqs.weight" in weights:
+            raise ValueError("weights have 'rope_freqs.weight' but config.rope_freq_factors is False")
         self.w = {}
         for name, shape in expected_shapes(config).items():
             if name not in weights:

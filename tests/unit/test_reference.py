@@ -138,6 +138,10 @@ def test_bad_inputs_raise_clear_errors():
         ReferenceModel(cfg, {k: v for k, v in w.items() if k != "blk.1.attn_k.bias"})
     with pytest.raises(ValueError, match="'blk.0.ffn_up.weight' has shape"):
         ReferenceModel(cfg, {**w, "blk.0.ffn_up.weight": w["blk.0.ffn_up.weight"].T})
+    with pytest.raises(ValueError, match="rope_freq_factors is False"):
+        ReferenceModel(cfg, {**w, "rope_freqs.weight": np.ones(4, np.float32)})
+    with pytest.raises(ValueError, match="tied_embeddings is set"):
+        ReferenceModel(dataclasses.replace(cfg, tied_embeddings=True), w)
     with pytest.raises(ValueError, match="dtype must be"):
         ReferenceModel(cfg, w, dtype=np.float16)
     with pytest.raises(ValueError, match="unknown architecture"):
