@@ -6,9 +6,22 @@ rmsnorm_cpu or rmsnorm_cuda. bk.sim is True on the simulator (keep sizes tiny:
 each simulated thread is a Python thread).
 """
 
+import sys
+
 import numpy as np
 import pytest
 from numba import cuda
+
+
+@pytest.fixture(scope="package", autouse=True)
+def _fast_thread_switch():
+    """The simulator runs a block's threads as Python threads that meet at barriers;
+    with the default 5 ms GIL switch interval a barrier-heavy kernel (sampling)
+    runs ~5x slower than with 0.1 ms."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)
+    yield
+    sys.setswitchinterval(old)
 
 
 class Backend:
