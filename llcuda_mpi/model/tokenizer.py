@@ -49,6 +49,7 @@ _FIM_EOG_TEXTS = frozenset(("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[
 
 # vocab type -> default (bos, eos, unk) ids, as llama.cpp sets them before reading metadata
 _DEFAULT_IDS = {"llama": (1, 2, 0), "gpt2": (11, 11, None)}
+_SPM_CACHE_MAX = 1 << 16         # words; cleared when full
 _SPECIAL_KEYS = ("bos", "eos", "eot", "eom", "unknown", "seperator", "padding")
 
 
@@ -94,6 +95,11 @@ class Tokenizer:
         else:
             self._byte_ids = [self.token_to_id.get(f"<0x{b:02X}>", self.token_to_id.get(chr(b), -1) if b < 128 else -1)
                               for b in range(256)]
+            # If no piece has a "▁" right after another character, no merge can cross the start of a
+            # word: words are tokenized apart (same result) and cached.
+            inner = re.compile("[^\u2581]\u2581")
+            self._spm_words = None if any(map(inner.search, self.tokens)) else re.compile("(?<=[^\u2581])(?=\u2581)")
+            self._spm_cache = {}
 
     # ---- construction helpers ----
 
@@ -262,8 +268,7 @@ class Tokenizer:
                     continue
                 if self.add_space_prefix and prev_special:
                     f = " " + f
-                out += spm_encode(f.replace(" ", "\u2581"), self.token_to_id, self.scores, self._byte_ids,
-                                  self.unk_id if self.unk_id is not None else 0)
+                out += self._spm_fragment(f.replace(" ", "\u2581"))
                 prev_special = False
         else:
             for f in frags:
@@ -273,6 +278,21 @@ class Tokenizer:
                     out += self._hf.encode(f, add_special_tokens=False).ids
         if self.add_eos and add_bos:         # add_special in llama.cpp covers both
             out.append(self.eos_id)
+        return out
+
+    def _spm_fragment(self, text: str) -> list:
+        unk = self.unk_id if self.unk_id is not None else 0
+        if self._spm_words is None:
+            return spm_encode(text, self.token_to_id, self.scores, self._byte_ids, unk)
+        cache = self._spm_cache
+        if len(cache) > _SPM_CACHE_MAX:
+            cache.clear()
+        out = []
+        for word in self._spm_words.split(text):
+            ids = cache.get(word)
+            if ids is None:
+                ids = cache[word] = spm_encode(word, self.token_to_id, self.scores, self._byte_ids, unk)
+            out += ids
         return out
 
     # ---- decode ----

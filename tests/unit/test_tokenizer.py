@@ -228,3 +228,16 @@ def test_bad_metadata(meta, match):
         Tokenizer.from_metadata(meta, source="x.gguf")
     assert str(err.value).startswith("x.gguf: ")
     assert isinstance(err.value, ValueError)
+
+
+def test_spm_word_cache_is_exact(tok_of):
+    """Tokenizing word by word (the cache) gives the same ids as one bigram merge over the whole text."""
+    import random
+    from llcuda_mpi.model.tokenizer_spm import spm_encode
+    tok = tok_of("llama-spm")
+    assert tok._spm_words is not None
+    alphabet = list("  \u2581\u2581abcdeHW.,!?'0123\n\t") + ["東", "京", "🦙", "é", "н", "ק"]
+    rng = random.Random(7)
+    for _ in range(300):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40))).replace(" ", "\u2581")
+        assert tok._spm_fragment(text) == spm_encode(text, tok.token_to_id, tok.scores, tok._byte_ids, 0), text
