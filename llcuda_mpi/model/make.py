@@ -118,7 +118,9 @@ def _weight(name, shape, cfg, seed, preset):
         return llama3_rope_freqs(cfg.head_dim, cfg.rope_base, preset.llama3_rope_factor)
     if name.endswith("norm.weight"):
         return np.ones(shape, np.float32)
-    return rng.standard_normal(shape, dtype=np.float32) * np.float32(WEIGHT_STD)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    x *= np.float32(WEIGHT_STD)
+    return x
 
 
 def make_model(preset: str, path, quant: str = "F32", seed: int = 0, **overrides) -> str:
