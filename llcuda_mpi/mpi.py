@@ -117,6 +117,21 @@ def need_workers_message(job: str, size: int) -> str | None:
             f"workers); started with {size}. Run e.g. `mpiexec -n 3 python -m llcuda_mpi.jobs.{job}`")
 
 
+def launch_mismatch_message(size: int, env) -> str | None:
+    """Error if the batch script's LLCUDA_EXPECT_RANKS (its SLURM_NTASKS) differs from the MPI size.
+
+    `srun --mpi=none` (or MpiDefault=none) silently starts N singletons of size
+    1; `mpiexec -n 2` inside a 4-task allocation leaves tasks idle.
+    """
+    expected = env.get("LLCUDA_EXPECT_RANKS", "").strip()
+    if not expected or not expected.isdigit() or int(expected) == size:
+        return None
+    hint = (" (N singletons: srun without PMI? use `srun --mpi=pmi2` or mpiexec; see slurm/env.sh)"
+            if size == 1 else "")
+    return (f"error: the job has {size} MPI ranks but the allocation has {expected} tasks "
+            f"(LLCUDA_EXPECT_RANKS){hint}")
+
+
 def vendor() -> str:
     """MPI library name and version, first line."""
     return MPI.Get_library_version().strip().splitlines()[0].strip()

@@ -69,7 +69,7 @@ def default_output() -> str:
 def run(args) -> int:
     ctx = mpi.init()
     log.setup(ctx.rank)
-    problem = mpi.need_workers_message("bench", ctx.size)
+    problem = mpi.launch_mismatch_message(ctx.size, os.environ) or mpi.need_workers_message("bench", ctx.size)
     if problem:                          # every rank sees the same size
         if ctx.is_master:
             print(problem, file=sys.stderr)

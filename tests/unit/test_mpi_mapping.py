@@ -95,3 +95,11 @@ def test_one_rank_message():
     assert need_workers_message("bench", 3) is None
     msg = need_workers_message("bench", 1)
     assert "at least two MPI ranks" in msg and "mpiexec -n 3" in msg
+
+
+def test_launch_mismatch_with_the_allocation():
+    from llcuda_mpi.mpi import launch_mismatch_message
+    assert launch_mismatch_message(4, {}) is None
+    assert launch_mismatch_message(4, {"LLCUDA_EXPECT_RANKS": "4"}) is None
+    assert "singletons" in launch_mismatch_message(1, {"LLCUDA_EXPECT_RANKS": "4"})
+    assert "has 2 MPI ranks but the allocation has 4 tasks" in launch_mismatch_message(2, {"LLCUDA_EXPECT_RANKS": "4"})
