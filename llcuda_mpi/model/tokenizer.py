@@ -3,7 +3,8 @@
     tok = Tokenizer.from_file("model.gguf")          # or Tokenizer.from_metadata(meta)
     ids = tok.encode("Hello", add_bos=None, parse_special=False)
     text = tok.decode(ids)
-    dec = IncrementalDecoder(tok); chunks = [dec.feed(i) for i in ids] + [dec.flush()]
+    dec = IncrementalDecoder(tok)                    # streams generated tokens
+    chunks = [dec.feed(i) for i in ids] + [dec.flush()]
 
 Two vocab types, as `tokenizer.ggml.model` names them:
 - `llama`: SentencePiece-style with scores and byte fallback; hand-written
@@ -331,7 +332,7 @@ class Tokenizer:
         except after a BOS that skip_special removed, as llama.cpp does.
         Bytes that are not valid UTF-8 become U+FFFD.
         """
-        dec = IncrementalDecoder(self, skip_special=skip_special)
+        dec = IncrementalDecoder(self, skip_special=skip_special, at_start=True)
         ids = list(ids)
         if skip_special and self.add_eos and ids and ids[-1] == self.eos_id:
             ids.pop()
@@ -342,13 +343,17 @@ class IncrementalDecoder:
     """Streamed detokenisation: feed(id) returns the text that is safe to emit now.
 
     Never splits a UTF-8 character across chunks (byte-fallback and byte-level
-    tokens can carry part of one): incomplete bytes wait for the next token.
-    The concatenated output equals Tokenizer.decode(all ids) (same leading-space
-    rule; pass at_start=False when streaming a continuation after a prompt, so
-    the first generated token keeps its space, as llama-server prints it).
+    tokens can carry part of one): incomplete bytes wait for the next token,
+    and flush() returns what is left (U+FFFD for a cut-off character).
+
+    at_start=False (default): the ids continue a prompt, as generated tokens
+    do; every piece is emitted whole, as llama-server streams them (an SPM
+    "▁Hello" first token gives " Hello"). at_start=True: the ids start a text,
+    and the concatenated output equals Tokenizer.decode(ids, skip_special)
+    (SPM: the first token's leading space is dropped).
     """
 
-    def __init__(self, tokenizer: Tokenizer, skip_special: bool = False, at_start: bool = True):
+    def __init__(self, tokenizer: Tokenizer, skip_special: bool = False, at_start: bool = False):
         self.tok = tokenizer
         self.skip_special = skip_special
         self._remove_space = at_start and tokenizer.add_space_prefix

@@ -66,7 +66,7 @@ def test_decode_round_trips_vectors(tok_of, name):
 def test_incremental_decoder_matches_decode(tok_of, name):
     tok = tok_of(name)
     for text, ids in CASES[name]:
-        dec = IncrementalDecoder(tok)
+        dec = IncrementalDecoder(tok, at_start=True)
         chunks = [dec.feed(i) for i in ids] + [dec.flush()]
         assert "".join(chunks) == tok.decode(ids) == text
         assert not any("\ufffd" in c for c in chunks)
@@ -80,7 +80,7 @@ def test_streaming_never_splits_a_character(tok_of, name):
     pieces = [tok.token_to_piece(i) for i in ids]
     partial = [p for p in pieces if _not_utf8(p)]
     assert partial, "this text should need tokens that carry part of a character"
-    dec = IncrementalDecoder(tok)
+    dec = IncrementalDecoder(tok, at_start=True)
     chunks = [dec.feed(i) for i in ids]
     assert "".join(chunks) + dec.flush() == text
     for c in chunks:
@@ -111,9 +111,11 @@ def test_spm_leading_space_rule(tok_of):
     assert tok.decode(ids[1:]) == "Hello world"
     assert tok.decode(ids) == "<s> Hello world"
     assert tok.decode(ids, skip_special=True) == " Hello world"   # llama.cpp keeps the space after a removed BOS
-    # a continuation after a prompt keeps its first space, as llama-server streams it
-    dec = IncrementalDecoder(tok, at_start=False)
+    # a continuation after a prompt (the default) keeps its first space, as llama-server streams it
+    dec = IncrementalDecoder(tok)
     assert "".join(dec.feed(i) for i in ids[1:]) + dec.flush() == " Hello world"
+    dec = IncrementalDecoder(tok, skip_special=True, at_start=True)
+    assert "".join(dec.feed(i) for i in ids) + dec.flush() == tok.decode(ids, skip_special=True)
 
 
 @pytest.mark.parametrize("name,add_bos,bos", [("llama-spm", True, 1), ("llama-bpe", True, 128000),
