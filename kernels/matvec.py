@@ -16,12 +16,11 @@ grid.y splits B into chunks of BCHUNK, so the same kernel serves decode
 copies or synchronises: it can be captured into a CUDA graph.
 
 CPU: numba njit, parallel over rows; each row is decoded once for the whole
-batch. The CPU kernel is cached on disk (cache=True); numba keys the cache on
-this file only, so after editing quant_blocks.py touch this file too.
+batch; the kernel itself is in quant_blocks.py (cached on disk: see there).
 """
 
 import numpy as np
-from numba import cuda, float32, njit, prange
+from numba import cuda, float32
 
 from . import quant_blocks as qb
 
@@ -159,35 +158,10 @@ matmul_cuda = matvec_cuda   # prefill: the same kernel tiles any number of rows 
 
 # ---------------------------------------------------------------- CPU
 
-_decode_group = qb.cpu.decode_group
-
-@njit(parallel=True, cache=True)
-def _matvec_cpu_kernel(w, qt, x, y, bias, has_bias, accumulate, ngroups):
-    nb = x.shape[0]
-    for r in prange(y.shape[1]):
-        vals = np.empty(8, np.float32)
-        acc = np.zeros(nb, np.float32)
-        for g in range(ngroups):
-            _decode_group(w, qt, r, g, vals)
-            c = 8 * g
-            for b in range(nb):
-                s = np.float32(0.0)
-                for i in range(8):
-                    s += vals[i] * x[b, c + i]
-                acc[b] += s
-        for b in range(nb):
-            v = acc[b]
-            if has_bias:
-                v += bias[r]
-            if accumulate:
-                v += y[b, r]
-            y[b, r] = v
-
-
 def matvec_cpu(W_raw, qtype, x, y, bias=None, accumulate=False):
     """y (B, rows) [+]= x (B, cols) @ W.T [+ bias] with numba on the CPU; numpy arrays."""
     fmt, w16, x2, y2, b, has_bias = check_matvec(W_raw, qtype, x, y, bias, device=False)
-    _matvec_cpu_kernel(w16, fmt.qtype, x2, y2, b, has_bias, bool(accumulate), x2.shape[1] // qb.GROUP)
+    qb.matvec_cpu_kernel(w16, fmt.qtype, x2, y2, b, has_bias, bool(accumulate), x2.shape[1] // qb.GROUP)
 
 
 matmul_cpu = matvec_cpu

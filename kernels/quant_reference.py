@@ -90,5 +90,31 @@ def matvec_ref(raw, qtype, x, bias=None, y0=None):
 
 def embedding_ref(raw, qtype, ids, cols, scale=1.0):
     """out (T, cols) = dequantised rows raw[ids] * scale (float32)."""
-    rows = np.asarray(raw)[np.asarray(ids)]
-    return dequantize_rows(rows, qtype, cols) * np.float32(scale)
+    rows = dequantize_rows(np.asarray(raw)[np.asarray(ids)], qtype, cols)
+    return rows if scale == 1.0 else rows * np.float32(scale)   # (signalling nans of all-pattern tests)
+
+
+def random_raw(qtype, rows, cols, rng, scale=0.01):
+    """Random raw rows of ggml type qtype with sane scales: uint8 (rows, bytes_per_row).
+
+    Floats: standard normal values. Block types: random quant bytes and random
+    f16 scales in (-scale, scale) (d of Q8_0/Q4_0/Q6_K; d and dmin >= 0 of Q4_K/Q5_K).
+    """
+    fmt = format_of(qtype)
+    if fmt.qtype in (F32, F16, BF16):
+        x = rng.standard_normal((rows, cols)).astype(np.float32)
+        if fmt.qtype == F32:
+            return x.view(np.uint8)
+        if fmt.qtype == F16:
+            return x.astype(np.float16).view(np.uint8)
+        return (x.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
+    nblk = rows * cols // fmt.block
+    blk = rng.integers(0, 256, (nblk, fmt.type_size), dtype=np.uint8)
+    d = (rng.uniform(-scale, scale, (nblk, 2))).astype(np.float16)
+    if fmt.qtype in (Q4_K, Q5_K):
+        blk[:, 0:4] = np.abs(d).view(np.uint8)
+    elif fmt.qtype == Q6_K:
+        blk[:, 208:210] = d[:, :1].view(np.uint8)
+    else:
+        blk[:, 0:2] = d[:, :1].view(np.uint8)
+    return blk.reshape(rows, -1)
