@@ -96,9 +96,8 @@ def forward(cfg, w, s, ops, T, B):
     q2, k2, v2, att2 = (ops.flat(a) for a in (q, k, v, att))      # (T, heads*hd) views
     gate, up, hb = s.gate[:T], s.up[:T], s.hb[:T]
 
-    ops.embedding(w.token_embd, tokens, x)                         # (T, n_embd)
-    if cfg.embd_scale:
-        ops.scale(x, math.sqrt(cfg.n_embd))
+    ops.embedding(w.token_embd, tokens, x,                         # (T, n_embd)
+                  math.sqrt(cfg.n_embd) if cfg.embd_scale else 1.0)
 
     for layer, lw in enumerate(w.layers):
         # attention: x += Wo @ attention(rope(Wq xn), rope(Wk xn), Wv xn)

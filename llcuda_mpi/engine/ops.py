@@ -58,8 +58,8 @@ class _Ops:
         return getattr(module, f"{name}_{self.suffix}")(*args, **kwargs)
 
     # ---- forward steps ------------------------------------------------------
-    def embedding(self, w, ids, out):
-        self._call(embedding_k, "embedding", w.raw, w.qtype, ids, out, **self.kw)
+    def embedding(self, w, ids, out, scale=1.0):
+        self._call(embedding_k, "embedding", w.raw, w.qtype, ids, out, scale=scale, **self.kw)
 
     def rmsnorm(self, x, w, eps, out):
         self._call(norm, "rmsnorm", x, w, eps, out, **self.kw)

@@ -112,7 +112,7 @@ def test_stop_string_and_errors(models):
     reqs = [Request(0, prompt_tokens=_tokens(model)[:4], max_tokens=6, ignore_eos=True, stop=[stop]),
             Request(1, prompt_tokens=list(range(20)), max_tokens=4),            # longer than n_ctx
             Request(2, prompt_tokens=[model.config.n_vocab + 5], max_tokens=4),  # bad id
-            Request(3, prompt="", max_tokens=4)]                                 # empty
+            Request(3, prompt_tokens=[], max_tokens=4)]                          # empty
     done, _ = _run(engine, reqs)
     assert done[0].status == "ok" and done[0].finish_reason == "stop" and stop not in done[0].text
     assert done[1].status == "error" and "does not fit" in done[1].error
