@@ -64,7 +64,7 @@ class Tokenizer:
             raise TokenizerError(f"{source}: tokenizer.ggml.model = {self.model!r} is not supported "
                                  f"(supported: {', '.join(sorted(_DEFAULT_IDS))})")
         tokens = meta.get("tokenizer.ggml.tokens")
-        if not isinstance(tokens, (list, tuple)) or not tokens or not all(isinstance(t, str) for t in tokens[:1]):
+        if not isinstance(tokens, (list, tuple)) or not tokens or not all(type(t) is str for t in tokens):
             raise TokenizerError(f"{source}: tokenizer.ggml.tokens is missing or not a list of strings")
         n = len(tokens)
         self.tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
@@ -88,10 +88,9 @@ class Tokenizer:
             if not isinstance(merges, (list, tuple)):
                 raise TokenizerError(f"{source}: tokenizer.ggml.merges is missing (needed by gpt2 vocabs)")
             try:
-                pairs = split_merges(merges)
+                self._hf = build_bpe(self.token_to_id, split_merges(merges), self.pre)
             except ValueError as exc:
                 raise TokenizerError(f"{source}: {exc}") from None
-            self._hf = build_bpe(self.token_to_id, pairs, self.pre)
             self._byte_dec = {ord(c): b for b, c in bytes_to_unicode().items()}
         else:
             self._byte_ids = [self.token_to_id.get(f"<0x{b:02X}>", self.token_to_id.get(chr(b), -1) if b < 128 else -1)

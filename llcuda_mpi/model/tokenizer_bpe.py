@@ -60,8 +60,16 @@ def split_merges(merges, where="tokenizer.ggml.merges"):
 def build_bpe(vocab: dict, merges, pre: str) -> HFTokenizer:
     """A `tokenizers` pipeline for raw-text fragments (no special tokens); vocab: token -> id."""
     regex, ignore_merges, _, _ = PRE_TOKENIZERS[pre]
-    model = models.BPE(vocab=vocab, merges=merges, ignore_merges=ignore_merges, fuse_unk=False,
-                       byte_fallback=False)
+    # tokenizers panics (an uncatchable-by-design BaseException) on a merge whose result is not a token
+    bad = next((i for i, (a, c) in enumerate(merges) if a + c not in vocab), None)
+    if bad is not None:
+        raise ValueError(f"tokenizer.ggml.merges[{bad}] = {' '.join(merges[bad])!r}: "
+                         f"{''.join(merges[bad])!r} is not in tokenizer.ggml.tokens")
+    try:
+        model = models.BPE(vocab=vocab, merges=merges, ignore_merges=ignore_merges, fuse_unk=False,
+                           byte_fallback=False)
+    except Exception as exc:                 # tokenizers raises a bare Exception, e.g. "Token `c` out of vocabulary"
+        raise ValueError(f"tokenizer.ggml.merges: {exc}") from None
     tok = HFTokenizer(model)
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False),

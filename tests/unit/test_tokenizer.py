@@ -224,6 +224,12 @@ def test_from_metadata_minimal():
               "tokenizer.ggml.merges": ["a b"]}), "'deepseek-llm' is not supported"),
     (_meta(**{"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2",
               "tokenizer.ggml.merges": ["ab"]}), r"merges\[0\]"),
+    (_meta(**{"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2", "tokenizer.ggml.tokens": ["a", "b"],
+              "tokenizer.ggml.scores": None, "tokenizer.ggml.token_type": None,
+              "tokenizer.ggml.merges": ["a b"]}), r"merges\[0\] = 'a b': 'ab' is not in"),
+    (_meta(**{"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2", "tokenizer.ggml.tokens": ["a", "b", "ac"],
+              "tokenizer.ggml.scores": None, "tokenizer.ggml.token_type": None,
+              "tokenizer.ggml.merges": ["a c"]}), "out of vocabulary"),
 ])
 def test_bad_metadata(meta, match):
     with pytest.raises(TokenizerError, match=match) as err:
