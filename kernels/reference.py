@@ -152,8 +152,8 @@ MASS_ONE = float(2 ** 32)   # fixed-point unit of the probability masses (exact 
 
 
 def splitmix64(z):
-    """splitmix64 finaliser on uint64 arrays (wrapping arithmetic)."""
-    z = np.asarray(z, dtype=np.uint64) + GOLDEN
+    """splitmix64 finaliser on uint64 arrays (wrapping arithmetic; numpy warns on scalars only)."""
+    z = np.atleast_1d(np.asarray(z, dtype=np.uint64)) + GOLDEN
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return z ^ (z >> np.uint64(31))

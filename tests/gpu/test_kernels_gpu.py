@@ -13,8 +13,12 @@ from llcuda_mpi.kernels import activations, attention, elementwise, matmul_tiled
 from llcuda_mpi.kernels import reference as R
 from llcuda_mpi.kernels import sampling, softmax
 
-pytestmark = pytest.mark.skipif(config.ENABLE_CUDASIM or not cuda.is_available(),
-                                reason="needs a real CUDA GPU (simulator on or no GPU)")
+pytestmark = [
+    pytest.mark.skipif(config.ENABLE_CUDASIM or not cuda.is_available(),
+                       reason="needs a real CUDA GPU (simulator on or no GPU)"),
+    # decode-sized grids (one block per row, B rows) are small by design
+    pytest.mark.filterwarnings("ignore::numba.cuda.core.errors.NumbaPerformanceWarning"),
+]
 
 
 def close(got, ref, atol, rtol):

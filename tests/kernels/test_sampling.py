@@ -6,7 +6,8 @@ import pytest
 from llcuda_mpi.kernels import reference as R
 from llcuda_mpi.kernels import sampling
 
-# The simulator runs the kernel's wrapping uint64 hash on numpy scalars, which warn on overflow.
+# The simulator runs the kernel's wrapping uint64 hash on numpy scalars, which warn on overflow
+# (the filter is global, so it also covers the cpu parametrisation of these tests).
 SIM_OVERFLOW = pytest.mark.filterwarnings("ignore:overflow encountered in scalar:RuntimeWarning")
 
 
