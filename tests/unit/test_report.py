@@ -68,15 +68,15 @@ def test_incomplete_file_says_so(capsys, files):
 
 
 def test_compare_and_plots(capsys, files, tmp_path):
-    rc, out, _ = _run(capsys, files["a"], files["b"], files["tmp"], "--compare", "--plots", tmp_path / "p")
+    rc, out, _ = _run(capsys, files["a"], files["tmp"], "--compare", "--plots", tmp_path / "p")
     assert rc == 0
     lines = out.splitlines()
     assert lines[0].split()[:4] == ["file", "ranks", "workers", "backend"]
-    assert "speed-up" in lines[0] and len([l for l in lines if ".h5" in l]) == 3
+    assert "speed-up" in lines[0] and len([l for l in lines if ".h5" in l]) == 2
     assert "1.00" in lines[1] and "(incomplete)" in out
     pngs = sorted(p.name for p in (tmp_path / "p").iterdir())
-    assert "scaling.png" in pngs and len(pngs) == 3 * 4 + 1
-    assert {"00_a_latency_cdf.png", "01_b_ttft_hist.png", "02_c_timeline.png", "00_a_rank_throughput.png"} <= set(pngs)
+    assert "scaling.png" in pngs and len(pngs) == 2 * 4 + 1
+    assert {"00_a_latency_cdf.png", "01_c_ttft_hist.png", "01_c_timeline.png", "00_a_rank_throughput.png"} <= set(pngs)
     for name in pngs:
         data = (tmp_path / "p" / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 2000
