@@ -16,7 +16,7 @@ export LLCUDA_EXPECT_RANKS=${SLURM_NTASKS:-}
 
 # Python: unbuffered output (logs arrive as they happen), numba's JIT cache per user.
 export PYTHONUNBUFFERED=1
-export NUMBA_CACHE_DIR=${NUMBA_CACHE_DIR:-${TMPDIR:-/tmp}/numba-cache-$USER}
+export NUMBA_CACHE_DIR=${NUMBA_CACHE_DIR:-${TMPDIR:-/tmp}/numba-cache-${USER:-$(id -un)}}
 
 # GPUs: leave CUDA_VISIBLE_DEVICES to Slurm (--gpus-per-node / --gpus-per-task); workers map
 # their node-local rank onto the visible GPUs, rank 0 (the master) takes none.
