@@ -208,8 +208,12 @@ class Store:
 
     # ------------------------------------------------------------ blobs in
 
-    def ingest(self, src, check=None, what: str = "store add") -> tuple[str, int, object]:
-        """Copy `src` into a blob while hashing it -> (digest, size, check(temp path) result)."""
+    def ingest(self, src, check=None, what: str = "store add", expected: str | None = None
+               ) -> tuple[str, int, object]:
+        """Copy `src` into a blob while hashing it -> (digest, size, check(temp path) result).
+
+        With `expected`, a source hashing to anything else is refused (CorruptBlobError).
+        """
         try:
             f = open(src, "rb", buffering=0)
         except OSError as exc:
@@ -219,8 +223,11 @@ class Store:
             view = memoryview(buf)
             while n := f.readinto(buf):
                 w.write(view[:n])
-            checked = check(w.path) if check else None
             digest = "sha256:" + w.hexdigest()
+            if expected and digest_hex(expected) != w.hexdigest():
+                raise CorruptBlobError(f"{what}: {src} hashes to {digest}, not {expected}: corrupt source, "
+                                       "not imported")
+            checked = check(w.path) if check else None
             self.publish(w, digest)
             return digest, w.size, checked
 
