@@ -180,12 +180,8 @@ class Tokenizer:
             tid = self.token_to_id.get(text)
             if tid is not None:
                 eog.add(tid)
-        for tid in (self.eot_id, self.eom_id):
-            if tid is not None:
-                attr[tid] |= A_CONTROL          # control-looking tokens become control
-        for tid in eog:
-            if self.tokens[tid] in _EOG_TEXTS:
-                attr[tid] |= A_CONTROL
+        for tid in eog | {t for t in (self.eot_id, self.eom_id) if t is not None}:
+            attr[tid] |= A_CONTROL              # control-looking tokens become control
         eog |= {t for t in (self.eos_id, self.eot_id, self.eom_id) if t is not None}
         self.eog_ids = frozenset(eog)
 
