@@ -25,6 +25,82 @@ def _master_completion(request: Request, status: str, error: str, t_sent: float)
     return Completion(request.id, status, error, t_submit=t_sent, t_end=time.time())
 
 
+class Master:
+    """The master's side of the protocol, one `step()` at a time.
+
+    `run_master` drives it for bench; a serve job calls `step()` from its own
+    loop, between network reads, after `dispatcher.add(request)`.
+    """
+
+    def __init__(self, comm, dispatcher: Dispatcher, on_result, *, on_tokens=None):
+        self.comm, self.dispatcher = comm, dispatcher
+        self.on_result, self.on_tokens = on_result, on_tokens
+        self.workers = list(range(1, comm.Get_size()))
+        self.greeted: set[int] = set()          # workers that said READY
+        self.sent_at: dict[int, float] = {}     # request id -> time sent
+        self.sends: list = []                   # isend requests not yet complete
+        self._status = MPI.Status()
+
+    def _finish(self, request, completion, rank):
+        self.sent_at.pop(request.id, None)
+        self.on_result(request, completion, rank)
+
+    def step(self) -> bool:
+        """Receive everything, expire overdue requests, send what may start; True if anything moved."""
+        comm, d = self.comm, self.dispatcher
+        moved = False
+        while comm.iprobe(source=MPI.ANY_SOURCE, tag=m.TAG, status=self._status):
+            rank = self._status.Get_source()
+            kind, payload = comm.recv(source=rank, tag=m.TAG)
+            moved = True
+            self._handle(rank, kind, payload)
+        now = time.time()
+        for rank, request in d.expire(now):
+            self.sends.append(comm.isend((m.CANCEL, [request.id]), dest=rank, tag=m.TAG))
+            self._finish(request, _master_completion(
+                request, "timeout", f"master: no completion from rank {rank} within {request.timeout:g} s"
+                f" + {d.timeout_grace:g} s grace; cancelled", self.sent_at.get(request.id, now)), rank)
+            moved = True
+        if len(self.greeted) == len(self.workers) and not d.live_workers():
+            for request in d.fail_pending():
+                self._finish(request, _master_completion(request, "error", "no live worker left", now), 0)
+        for rank, batch in d.assign(now).items():
+            for request in batch:
+                self.sent_at[request.id] = now
+            self.sends.append(comm.isend((m.RUN, batch), dest=rank, tag=m.TAG))
+            moved = True
+        if moved:
+            self.sends = m.prune_sends(self.sends)
+        return moved
+
+    def _handle(self, rank, kind, payload):
+        d = self.dispatcher
+        if kind == m.DONE:
+            for completion in payload:
+                request = d.on_done(rank, completion.request_id)
+                if request is not None:          # else: the master already timed it out
+                    self._finish(request, completion, rank)
+        elif kind == m.TOKENS:
+            if self.on_tokens is not None:
+                self.on_tokens(rank, payload)
+        elif kind == m.READY:
+            self.greeted.add(rank)
+            d.on_worker(rank, payload)
+        elif kind == m.RETIRE:
+            log.warning("rank %d retired: %s", rank, payload)
+            for request in d.on_worker_failed(rank):
+                self._finish(request, _master_completion(
+                    request, "error", f"rank {rank} retired: {payload}",
+                    self.sent_at.get(request.id, time.time())), rank)
+        else:
+            raise RuntimeError(f"master: unexpected message {kind!r} from rank {rank}")
+
+    def shutdown(self, backoff: m.Backoff | None = None) -> None:
+        """STOP every worker and wait for each one's BYE."""
+        _shutdown(self.comm, self.workers, self.sends, backoff or m.Backoff())
+        self.sends = []
+
+
 def run_master(comm, dispatcher: Dispatcher, on_result, *, on_tokens=None, on_tick=None,
                backoff: m.Backoff | None = None) -> tuple[float, float]:
     """Run every request of `dispatcher` through the workers of `comm` (ranks 1..).
@@ -35,73 +111,19 @@ def run_master(comm, dispatcher: Dispatcher, on_result, *, on_tokens=None, on_ti
     Returns the measured window (t_start, t_end) in time.time() seconds.
     """
     backoff = backoff or m.Backoff()
-    workers = list(range(1, comm.Get_size()))
-    sent_at: dict[int, float] = {}         # request id -> time sent
-    sends: list = []
-    greeted: set[int] = set()              # workers that said READY
-    t_end = None
-
-    def finish(request, completion, rank):
-        sent_at.pop(request.id, None)
-        on_result(request, completion, rank)
-
-    status = MPI.Status()
+    master = Master(comm, dispatcher, on_result, on_tokens=on_tokens)
     while not dispatcher.done():
-        got = False
-        while comm.iprobe(source=MPI.ANY_SOURCE, tag=m.TAG, status=status):
-            rank = status.Get_source()
-            kind, payload = comm.recv(source=rank, tag=m.TAG)
-            got = True
-            _handle(rank, kind, payload, dispatcher, finish, on_tokens, greeted)
-        now = time.time()
-        for rank, request in dispatcher.expire(now):
-            sends.append(comm.isend((m.CANCEL, [request.id]), dest=rank, tag=m.TAG))
-            t_sent = sent_at.get(request.id, now)
-            finish(request, _master_completion(
-                request, "timeout", f"master: no completion from rank {rank} within "
-                f"{request.timeout:g} s + {dispatcher.timeout_grace:g} s grace; cancelled", t_sent), rank)
-        if len(greeted) == len(workers) and not dispatcher.live_workers():
-            for request in dispatcher.fail_pending():
-                finish(request, _master_completion(request, "error", "no live worker left", now), 0)
-        for rank, batch in dispatcher.assign(now).items():
-            for request in batch:
-                sent_at[request.id] = now
-            sends.append(comm.isend((m.RUN, batch), dest=rank, tag=m.TAG))
-            got = True
+        moved = master.step()
         if on_tick is not None:
             on_tick()
-        if dispatcher.done() and t_end is None:
-            t_end = time.time()
-        if got:
+        if moved:
             backoff.reset()
-            sends = m.prune_sends(sends)
-        else:
+        elif not dispatcher.done():
             backoff.sleep(dispatcher.next_wakeup() - time.time())
-    t_end = t_end or time.time()
-    _shutdown(comm, workers, sends, backoff)
+    t_end = time.time()
+    master.shutdown(backoff)
     t_start = dispatcher.t_start if dispatcher.t_start is not None else t_end
     return t_start, t_end
-
-
-def _handle(rank, kind, payload, dispatcher, finish, on_tokens, greeted):
-    if kind == m.DONE:
-        for completion in payload:
-            request = dispatcher.on_done(rank, completion.request_id)
-            if request is not None:          # else: the master already timed it out
-                finish(request, completion, rank)
-    elif kind == m.TOKENS:
-        if on_tokens is not None:
-            on_tokens(rank, payload)
-    elif kind == m.READY:
-        greeted.add(rank)
-        dispatcher.on_worker(rank, payload)
-    elif kind == m.RETIRE:
-        log.warning("rank %d retired: %s", rank, payload)
-        for request in dispatcher.on_worker_failed(rank):
-            finish(request, _master_completion(request, "error", f"rank {rank} retired: {payload}",
-                                               time.time()), rank)
-    else:
-        raise RuntimeError(f"master: unexpected message {kind!r} from rank {rank}")
 
 
 def _shutdown(comm, workers, sends, backoff):

@@ -70,6 +70,15 @@ class Dispatcher:
         self._deadlines: list[tuple[float, int]] = []                 # heap, lazily pruned
         self.n_finished = 0
 
+    def add(self, request: Request, arrival: float = 0.0) -> None:
+        """Queue one more measured request (a serve job); `arrival` is an offset from t_start."""
+        if request.warmup:
+            raise ValueError("add() takes measured requests only")
+        if request.id in self.outstanding or any(r.id == request.id for _, r in self._measured):
+            raise ValueError(f"request id {request.id} is already queued or running")
+        self._measured.append((arrival, request))
+        self.n_total += 1
+
     # ---------------------------------------------------------------- workers
     def on_worker(self, worker: int, slots: int) -> None:
         """A worker announced itself with `slots` free slots."""

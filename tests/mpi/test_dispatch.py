@@ -171,3 +171,26 @@ def test_idle_worker_does_not_spin(comm):
     if comm.Get_rank() != 0:
         assert out.n_ok == 1
     assert cpu < 0.25, f"rank {comm.Get_rank()} used {cpu:.2f} s of CPU in a 0.4 s idle wait"
+
+
+@pytest.mark.mpi(min_size=2)
+def test_master_step_with_requests_added_on_the_fly(comm):
+    """The serve pattern: the master steps in its own loop and adds requests as they come."""
+    from llcuda_mpi.scheduler.master import Master
+    if comm.Get_rank() == 0:
+        results = {}
+        d = Dispatcher([])
+        master = Master(comm, d, lambda r, c, rank: results.setdefault(r.id, c))
+        for wave in range(3):
+            for i in range(5):
+                d.add(Request(100 * wave + i, prompt="x", max_tokens=2))
+            t_stop = time.time() + 30
+            while not d.done() and time.time() < t_stop:
+                if not master.step():
+                    time.sleep(1e-4)
+            assert d.done()
+        master.shutdown()
+        assert sorted(results) == [100 * w + i for w in range(3) for i in range(5)]
+        assert {c.status for c in results.values()} == {"ok"}
+    else:
+        run_worker(comm, SyntheticBackend(SyntheticConfig(ttft_ms=1, tpot_ms=1)), 2)

@@ -171,3 +171,19 @@ def test_duplicate_ids_and_bad_slots():
         Dispatcher([Request(1), Request(1)])
     with pytest.raises(ValueError, match="announced 0 slots"):
         Dispatcher(reqs(1)).on_worker(1, 0)
+
+
+def test_add_requests_while_running():
+    d = Dispatcher([])
+    assert d.done()
+    d.on_worker(1, 2)
+    d.add(Request(10, prompt="p"))
+    d.add(Request(11, prompt="p"))
+    assert not d.done() and ids(d.assign(5.0)) == {1: [10, 11]}
+    with pytest.raises(ValueError, match="already queued or running"):
+        d.add(Request(10))
+    with pytest.raises(ValueError, match="measured requests only"):
+        d.add(Request(12, warmup=True))
+    d.on_done(1, 10)
+    d.on_done(1, 11)
+    assert d.done()
