@@ -47,22 +47,27 @@ def _check_array(name, a, dtype, device):
 
 
 def weight_view(W_raw, qtype, device):
-    """(format, uint16 view (rows, bytes_per_row // 2), rows, cols) of raw weights, validated."""
+    """(format, uint16 view (rows, bytes_per_row // 2), rows, cols) of the weights, validated.
+
+    W_raw: raw uint8 (rows, bytes_per_row); or, to skip the per-call view, its
+    uint16 view (what the decoders read); F32/F16 weights may also come as
+    float32/float16 (rows, cols) arrays.
+    """
     fmt = qb.format_of(qtype)
     if not hasattr(W_raw, "dtype") or len(getattr(W_raw, "shape", ())) != 2:
         raise ValueError(f"W_raw: expected a 2-D array (rows, bytes_per_row), got {type(W_raw).__name__} "
                          f"of shape {getattr(W_raw, 'shape', None)}")
-    typed = {qb.F32: np.float32, qb.F16: np.float16, qb.BF16: np.uint16}.get(fmt.qtype)
-    if typed is not None and np.dtype(W_raw.dtype) == np.dtype(typed):
-        W_raw = W_raw.view(np.uint8)
-    _check_array(f"W_raw ({fmt.name})", W_raw, np.uint8, device)
-    if device and not W_raw.is_c_contiguous():
+    dt = np.dtype(W_raw.dtype)
+    typed = {qb.F32: np.float32, qb.F16: np.float16}.get(fmt.qtype)
+    if dt != np.uint16 and dt != np.uint8 and not (typed is not None and dt == typed):
+        raise ValueError(f"W_raw ({fmt.name}): dtype must be uint8 (raw GGUF bytes) or its uint16 view, got {dt}")
+    _check_array(f"W_raw ({fmt.name})", W_raw, dt, device)
+    contiguous = W_raw.is_c_contiguous() if device else W_raw.flags.c_contiguous
+    if not contiguous:
         raise ValueError("W_raw: must be C-contiguous")
-    if not device and not W_raw.flags.c_contiguous:
-        raise ValueError("W_raw: must be C-contiguous")
-    rows, nbytes = W_raw.shape
-    cols = qb.cols_of(fmt.qtype, nbytes)
-    return fmt, W_raw.view(np.uint16), rows, cols
+    w16 = W_raw if dt == np.uint16 else W_raw.view(np.uint16)
+    rows, nbytes = W_raw.shape[0], 2 * w16.shape[1]
+    return fmt, w16, rows, qb.cols_of(fmt.qtype, nbytes)
 
 
 def _as_2d(name, a):
@@ -74,7 +79,7 @@ def _as_2d(name, a):
 
 
 def check_matvec(W_raw, qtype, x, y, bias, device):
-    """Validate a matvec call; returns (fmt, w16, x2, y2, bias_arg, has_bias)."""
+    """Validate a matvec call; returns (fmt, w16, x2, y2, bias2, has_bias), bias2 (1, rows) or a placeholder."""
     fmt, w16, rows, cols = weight_view(W_raw, qtype, device)
     _check_array("x", x, np.float32, device)
     _check_array("y", y, np.float32, device)
@@ -85,11 +90,11 @@ def check_matvec(W_raw, qtype, x, y, bias, device):
         raise ValueError(f"y: expected shape ({x2.shape[0]}, {rows}) for x {tuple(x2.shape)} "
                          f"and weight {rows}x{cols}, got {tuple(y.shape)}")
     if bias is None:
-        return fmt, w16, x2, y2, y2[0], False     # placeholder of the right type, never read
+        return fmt, w16, x2, y2, y2, False        # placeholder of the right type, never read
     _check_array("bias", bias, np.float32, device)
     if tuple(bias.shape) != (rows,):
         raise ValueError(f"bias: expected shape ({rows},), got {tuple(bias.shape)}")
-    return fmt, w16, x2, y2, bias, True
+    return fmt, w16, x2, y2, bias.reshape(1, rows), True
 
 
 # ---------------------------------------------------------------- CUDA
@@ -127,7 +132,7 @@ def _make_cuda_kernel(dec):
                 for k in range(32):
                     v += part[tx, ty, k]
                 if has_bias:
-                    v += bias[row]
+                    v += bias[0, row]
                 if accumulate:
                     v += y[t0 + tx, row]
                 y[t0 + tx, row] = v

@@ -314,7 +314,7 @@ def matvec_cpu_kernel(w, qt, x, y, bias, has_bias, accumulate, ngroups):
         for b in range(nb):
             v = acc[b]
             if has_bias:
-                v += bias[r]
+                v += bias[0, r]
             if accumulate:
                 v += y[b, r]
             y[b, r] = v

@@ -104,6 +104,16 @@ def test_matmul_batch_tiles_and_chunks(bk, rng, close):
     close(got, ref, *_tol(ref, 256))
 
 
+def test_matvec_uint16_view_of_raw(bk, rng, close):
+    """The engine may keep the uint16 view the decoders read, saving a view per call."""
+    raw = random_raw("Q5_K", 4, 256, rng)
+    x = rng.standard_normal((1, 256)).astype(np.float32)
+    y = bk.empty((1, 4))
+    bk.op(mv, "matvec")(bk.dev(raw.view(np.uint16)), "Q5_K", bk.dev(x), y)
+    ref = matvec_ref(raw, "Q5_K", x)
+    close(bk.host(y), ref, *_tol(ref, 256))
+
+
 def test_matvec_typed_float_weights(bk, rng, close):
     w = rng.standard_normal((4, 32)).astype(np.float32)
     x = rng.standard_normal((1, 32)).astype(np.float32)
@@ -146,7 +156,7 @@ def test_errors_name_the_problem(rng):
         mv.matvec_cpu(raw[:, :30].copy(), "Q8_0", x, y)
     with pytest.raises(ValueError, match=r"bias: expected shape \(4,\)"):
         mv.matvec_cpu(raw, "Q8_0", x, y, bias=np.zeros(5, np.float32))
-    with pytest.raises(ValueError, match="W_raw .*dtype must be uint8"):
+    with pytest.raises(ValueError, match="W_raw .*dtype must be uint8 .raw GGUF bytes. or its uint16 view, got int8"):
         mv.matvec_cpu(raw.view(np.int8), "Q8_0", x, y)
     with pytest.raises(ValueError, match="expected a numba device array"):
         mv.matvec_cuda(raw, "Q8_0", cuda.to_device(x), cuda.to_device(y))
