@@ -115,6 +115,8 @@ def run(args) -> int:
         except (OSError, ImportError) as exc:
             error = f"cannot write results: {exc}"
     if _agree(ctx, error):
+        if backend is not None:
+            backend.close()
         return 2
 
     # 4. run
