@@ -50,6 +50,7 @@ _FIM_EOG_TEXTS = frozenset(("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[
 
 # vocab type -> default (bos, eos, unk) ids, as llama.cpp sets them before reading metadata
 _DEFAULT_IDS = {"llama": (1, 2, 0), "gpt2": (11, 11, None)}
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _SPM_CACHE_MAX = 1 << 16         # words; cleared when full
 _SPECIAL_KEYS = ("bos", "eos", "eot", "eom", "unknown", "seperator", "padding")
 
@@ -244,10 +245,12 @@ class Tokenizer:
         """Token ids of `text`. add_bos None: the model's default (tokenizer.ggml.add_bos_token).
 
         parse_special: recognise control tokens written in the text (e.g. "<|im_start|>");
-        user-defined tokens are always recognised, as in llama.cpp.
+        user-defined tokens are always recognised, as in llama.cpp. Lone surrogates become U+FFFD.
         """
         if not isinstance(text, str):
             raise TypeError(f"encode() takes a str, not {type(text).__name__}")
+        if not text.isascii():               # lone surrogates (e.g. from JSON "\ud800") have no UTF-8
+            text = _SURROGATE.sub("\ufffd", text)
         add_bos = self.add_bos if add_bos is None else add_bos
         out = []
         if add_bos:

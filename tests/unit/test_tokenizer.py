@@ -249,3 +249,28 @@ def test_spm_word_cache_is_exact(tok_of):
     for _ in range(300):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40))).replace(" ", "\u2581")
         assert tok._spm_fragment(text) == spm_encode(text, tok.token_to_id, tok.scores, tok._byte_ids, 0), text
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_round_trip_any_text(tok_of, name):
+    """decode(encode(s)) == s for any text without "▁" (which SPM decodes as a space, as llama.cpp does)."""
+    from hypothesis import given, settings, strategies as st
+    tok = tok_of(name)
+
+    @settings(max_examples=150, deadline=None, derandomize=True)
+    @given(st.text(st.characters(blacklist_characters="\u2581", blacklist_categories=("Cs",)), max_size=40))
+    def check(text):
+        ids = tok.encode(text, add_bos=False)
+        assert tok.decode(ids) == text
+        dec = IncrementalDecoder(tok, at_start=True)
+        chunks = [dec.feed(i) for i in ids]
+        assert "".join(chunks) + dec.flush() == text
+        assert "\ufffd" not in "".join(chunks) or "\ufffd" in text
+
+    check()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_lone_surrogates_become_replacement_characters(tok_of, name):
+    tok = tok_of(name)
+    assert tok.encode("a\ud800b", add_bos=False) == tok.encode("a\ufffdb", add_bos=False)
