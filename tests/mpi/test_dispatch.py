@@ -157,7 +157,7 @@ def test_open_loop_follows_arrivals_after_warmup(comm):
         assert t_start >= warm_end - 0.01
         for c, offset in zip(measured, arrivals):
             assert c.t_submit >= t_start + offset - 1e-3        # never early
-            assert c.t_submit <= t_start + offset + 0.5          # and not badly late
+            assert c.t_submit <= t_start + offset + 2.0          # and not badly late (loaded CI box)
         assert t_end - t_start >= arrivals[-1]
 
 

@@ -43,11 +43,11 @@ def test_timing_model_is_exact():
 
 def test_zero_latency_is_immediate_and_cheap():
     b = SyntheticBackend(SyntheticConfig(ttft_ms=0, tpot_ms=0))
-    t0 = time.perf_counter()
+    t0 = time.process_time()          # CPU time: immune to a loaded machine
     for i in range(2000):
         b.submit(Request(i, prompt="x y", max_tokens=16))
     events = b.poll(0.0)
-    dt = time.perf_counter() - t0
+    dt = time.process_time() - t0
     done = [e for e in events if isinstance(e, Completion)]
     assert len(done) == 2000 and b.busy() == 0
     assert sum(isinstance(e, TokenEvent) for e in events) == 2000   # one chunk per request
@@ -60,7 +60,7 @@ def test_poll_respects_its_timeout_when_idle_or_waiting():
     assert b.poll(0.01) == []
     b.submit(Request(1, prompt="x", max_tokens=1))
     assert b.poll(0.01) == []
-    assert time.time() - t0 < 0.15
+    assert time.time() - t0 < 0.19     # did not wait for the 0.2 s TTFT
 
 
 def test_own_timeout_reports_partial_output():
