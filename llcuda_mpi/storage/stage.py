@@ -157,8 +157,9 @@ def transfer(comm, src: dict, writer: BlobWriter | None, chunk: int, bwlimit: fl
     return {"bytes": src["size"], "t0": t0, "seconds": time.perf_counter() - t0, "error": error}
 
 
-def run(args) -> int:
-    ctx = mpi.init()
+def run(args, comm=None) -> int:
+    """The job; `comm` (tests) runs it on a sub-communicator without the abort hook."""
+    ctx = mpi.init(abort_on_exception=comm is None, comm=comm)
     log.setup(ctx.rank)
     world = ctx.world
     if getattr(args, "one_node_per_rank", False):
