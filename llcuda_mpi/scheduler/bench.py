@@ -19,7 +19,8 @@ import sys
 from llcuda_mpi import __version__, log, mpi
 from llcuda_mpi.backends import backend_class
 from llcuda_mpi.backends.base import Request
-from llcuda_mpi.scheduler.config import NUM_PROMPTS_SYNTHETIC, BenchConfig, add_arguments, config_from_args
+from llcuda_mpi.scheduler.config import (  # noqa: F401 - add_arguments is re-exported for jobs/bench.py
+    NUM_PROMPTS_SYNTHETIC, BenchConfig, add_arguments, config_from_args)
 from llcuda_mpi.scheduler.master import run_master
 from llcuda_mpi.scheduler.policy import Dispatcher, arrival_times
 from llcuda_mpi.scheduler.progress import Progress
