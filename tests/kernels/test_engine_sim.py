@@ -1,0 +1,41 @@
+"""The engine on CudaOps (the CUDA simulator here, a GPU in tests/gpu) equals CpuOps.
+
+The simulator runs every CUDA thread in Python, so the model is a micro one
+(1 layer, n_embd 32, 260-token vocab): ~10 s per forward step.
+"""
+
+import numpy as np
+import pytest
+
+from llcuda_mpi.backends.base import Completion, Request
+from llcuda_mpi.engine.engine import Engine, EngineConfig
+from llcuda_mpi.engine.ops import CpuOps, CudaOps
+from llcuda_mpi.model.gguf import load_model
+from llcuda_mpi.model.make import make_tiny_model
+
+MICRO = dict(n_vocab=260, n_embd=32, n_ff=32, n_layer=1, n_head=2, n_head_kv=1, head_dim=16)
+
+
+def _generate(model, ops, prompts, n):
+    engine = Engine(model, ops, EngineConfig(n_slots=2, n_ctx=16, prefill_chunk=8))
+    for i, p in enumerate(prompts):
+        assert engine.submit(Request(i, prompt_tokens=p, max_tokens=n, ignore_eos=True,
+                                     temperature=0.0 if i == 0 else 0.8, top_k=20, seed=7)) is None
+    done = {}
+    while engine.busy():
+        done.update({e.request_id: e for e in engine.step() if isinstance(e, Completion)})
+    return [done[i].token_ids for i in range(len(prompts))]
+
+
+@pytest.mark.slow
+# the simulator runs the sampler's wrapping uint64 hash on numpy scalars, which warn on overflow
+@pytest.mark.filterwarnings("ignore:overflow encountered in scalar:RuntimeWarning")
+def test_generations_identical_cpu_and_cuda(tmp_path):
+    # one greedy and one sampled sequence decoded together in one batch
+    model = load_model(make_tiny_model("llama", tmp_path / "micro.gguf", quant="Q8_0", seed=5, **MICRO))
+    prompts = [[1, 17, 99, 203], [1, 5]]
+    cpu = _generate(model, CpuOps(), prompts, 3)
+    sim = _generate(model, CudaOps(), prompts, 3)
+    assert cpu == sim
+    assert all(len(ids) == 3 for ids in cpu)
+    assert np.all(np.asarray(cpu) < model.config.n_vocab)
