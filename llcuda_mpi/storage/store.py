@@ -84,7 +84,7 @@ def digest_hex(digest: str) -> str:
 
 
 def now_iso() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
 
 
 def gguf_metadata(path, label=None) -> dict:

@@ -85,7 +85,7 @@ def test_resolve_model(store, models):
     assert resolve_model(models[0]) == models[0] and resolve_model("") == ""
     store.add_file(models[0], "tiny")
     before = store.get("tiny", "latest")["last_used"]
-    time.sleep(1.05)
+    time.sleep(0.002)
     path = resolve_model("store:tiny", store=store)
     assert path == store.blob_path("sha256:" + sha(models[0]))
     assert store.get("tiny", "latest")["last_used"] > before
@@ -105,11 +105,11 @@ def test_lru_eviction_under_a_byte_cap(tmp_path, models):
     size = os.path.getsize(models[0])
     store = Store(tmp_path / "s", max_bytes=2 * size + 10)
     store.add_file(models[0], "a")
-    time.sleep(1.05)
+    time.sleep(0.002)
     store.add_file(models[1], "b")
-    time.sleep(1.05)
+    time.sleep(0.002)
     store.touch("a", "latest")                   # a is now the most recently used
-    time.sleep(1.05)
+    time.sleep(0.002)
     store.add_file(models[2], "c")                # over the cap: b goes
     assert [m["name"] for m in store.models()] == ["a", "c"] and len(store.blob_digests()) == 2
     assert store.total_bytes() <= store.max_bytes
