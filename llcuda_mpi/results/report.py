@@ -145,15 +145,26 @@ def run(args) -> int:
             res = read_results(path)
         except ResultsError as e:
             return _fail(str(e))
-        results.append(res)
         summaries.append(summarise(res, slo))
+        if args.plots:
+            results.append(res)   # token times can be 100s of MB: keep them only to plot
     comparison = compare_rows(summaries) if args.compare else None
+    written = None
     if args.plots:
         from llcuda_mpi.results import plots  # matplotlib only when asked
         try:
             written = plots.write_all(args.plots, results, summaries, comparison)
         except OSError as e:
             return _fail(f"cannot write plots to {args.plots}: {e.strerror or e}")
+    try:
+        _print_results(args, summaries, comparison, written)
+    except BrokenPipeError:
+        # `report ... | head`: the reader left; not an error of ours or the user's.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def _print_results(args, summaries, comparison, written):
     if args.json:
         doc = {"files": summaries}
         if comparison is not None:
@@ -161,7 +172,7 @@ def run(args) -> int:
         if args.plots:
             doc["plots"] = written
         print(json.dumps(doc, indent=2, allow_nan=False))
-        return 0
+        return
     if comparison is not None:
         print(format_compare(comparison))
     else:
@@ -171,4 +182,3 @@ def run(args) -> int:
             print(format_summary(s, ranks=not args.no_ranks))
     if args.plots:
         print(f"\nplots: {len(written)} PNG files in {os.path.abspath(args.plots)}")
-    return 0

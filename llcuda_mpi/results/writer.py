@@ -28,6 +28,10 @@ from llcuda_mpi import __version__
 from llcuda_mpi.results import schema
 
 
+# One encoder for every row: json.dumps(..., default=str) builds a new one per call.
+_encode_json = json.JSONEncoder(default=str).encode
+
+
 def _nan_if_zero(t):
     return float(t) if t else float("nan")
 
@@ -117,7 +121,7 @@ class ResultsWriter:
         ttft, tpot, e2e = derived_times(c.t_submit, c.t_first, c.t_end, c.n_output)
         times = c.token_times
         err = c.error.encode("utf-8", "replace") if c.error else b""
-        tim = json.dumps(c.server_timings, default=str).encode() if c.server_timings else b""
+        tim = _encode_json(c.server_timings).encode() if c.server_timings else b""
         tok_start = self._n_tok + len(self._tok)
         err_start = self._n_err + len(self._err)
         tim_start = self._n_tim + len(self._tim)
