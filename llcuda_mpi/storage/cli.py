@@ -171,7 +171,7 @@ def _gc(store, args):
 def _path(store, args):
     from llcuda_mpi.storage.resolve import resolve_model
     name, tag = parse_ref(args.ref)
-    print(resolve_model(f"store:{name}:{tag}", store=store, verify=args.verify or None))
+    print(resolve_model(f"store:{name}:{tag}", store=store, verify=args.verify or None, hold=False))
     return 0
 
 

@@ -22,11 +22,13 @@ def is_store_ref(ref) -> bool:
     return isinstance(ref, str) and ref.startswith(PREFIX)
 
 
-def resolve_model(ref, store: Store | None = None, verify: bool | None = None) -> str:
+def resolve_model(ref, store: Store | None = None, verify: bool | None = None, hold: bool = True) -> str:
     """Path of the model `ref` names: `store:NAME[:TAG]` -> its verified blob; anything else unchanged.
 
     Raises StoreError (a ValueError) for an unknown model and CorruptBlobError
-    for a blob that fails its digest: a damaged blob is never handed out.
+    for a blob that fails its digest: a damaged blob is never handed out. The
+    blob stays marked in use (safe from eviction and gc) until this process
+    exits; `hold=False` drops the mark on return (e.g. `store path`).
     """
     if not is_store_ref(ref):
         return ref
@@ -50,4 +52,6 @@ def resolve_model(ref, store: Store | None = None, verify: bool | None = None) -
             raise CorruptBlobError(f"{ref}: blob {path} is corrupt ({problem}); refusing to load it. "
                                    "Stage or add the model again (`llcuda-mpi store verify` lists damaged blobs)")
     store.touch(name, tag)
+    if not hold:
+        release(store, digest)
     return path
