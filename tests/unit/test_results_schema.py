@@ -160,6 +160,9 @@ def test_kill_9_leaves_readable_file(tmp_path):
             try:
                 lines = [proc.stdout.readline() for _ in range(int(rng.integers(3, 40)))]
                 assert lines[-1], "writer child died"
+                if trial == 0:   # a live SWMR file reads too (report on a running job)
+                    live = read_results(f"{path}.tmp")
+                    assert not live.complete and len(live) >= int(lines[-1])
                 time.sleep(float(rng.uniform(0, 0.05)))
             finally:
                 proc.send_signal(signal.SIGKILL)
