@@ -60,6 +60,17 @@ def _num(x):
     return x if math.isfinite(x) else None
 
 
+def json_safe(x):
+    """x with every non-finite float (at any depth) replaced by None."""
+    if isinstance(x, float):
+        return _num(x)
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    return x
+
+
 def stats_ms(values_s) -> dict:
     """mean / p50 / p90 / p95 / p99 / n of seconds, reported in milliseconds."""
     v = np.asarray(values_s, dtype=np.float64)
@@ -150,7 +161,8 @@ def goodput(res, ok_mask, slo: SLO, duration) -> dict:
 def per_rank(res, ok_mask, duration) -> list:
     """One dict per rank: counts and throughput from the rows, plus the job's own summary keys."""
     measured = res.requests["warmup"] == 0
-    summaries = {int(r["rank"]): r for r in res.ranks if isinstance(r.get("rank"), (int, float))}
+    summaries = {int(r["rank"]): r for r in res.ranks
+                 if isinstance(r.get("rank"), (int, float)) and math.isfinite(r["rank"])}
     ranks = sorted(set(res.requests["rank"].tolist()) | set(summaries))
     out = []
     for rank in ranks:
@@ -169,7 +181,7 @@ def per_rank(res, ok_mask, duration) -> list:
                "tpot_p50_ms": stats_ms(ok_rows["tpot"])["p50"]}
         for key, value in summaries.get(rank, {}).items():
             if key not in row and key != "rank":
-                row[key] = _num(value) if isinstance(value, float) else value
+                row[key] = json_safe(value)
         out.append(row)
     return out
 

@@ -119,3 +119,15 @@ def test_empty_file(tmp_path):
     assert s["counts"]["total"] == 0 and s["window"]["duration_s"] is None
     assert s["throughput"]["requests_per_s"] is None and s["per_rank"] == []
     assert np.isfinite(s["counts"]["total"])
+
+
+def test_rank_summaries_with_gaps_stay_json_safe(tmp_path):
+    import json
+    w = ResultsWriter(tmp_path / "r.h5", {}, {})
+    w.add(Request(0), Completion(0, "ok", t_submit=T, t_first=T + 0.1, t_end=T + 0.2, n_output=1,
+                                 token_times=[T + 0.1]), 1, "cpu")
+    w.set_rank_summaries([{"rank": 1, "busy_s": 1.0, "extra": [float("nan")]}, {"rank": 2, "gpu": "x"}])
+    s = summarise(read_results(w.close(T, T + 1)))
+    r1, r2 = s["per_rank"]
+    assert r2["busy_s"] is None and r1["extra"] == [None] and r2["ok"] == 0
+    json.dumps(s, allow_nan=False)
