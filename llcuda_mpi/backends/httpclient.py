@@ -24,6 +24,7 @@ import httpx
 from llcuda_mpi.backends.base import Backend, Completion, Request, TokenEvent
 from llcuda_mpi.backends.sse import SSEParser
 
+POLL_MAX_EVENTS = 65536  # events one poll hands back at most (the main thread must get back to MPI)
 EXCERPT = 200          # characters of a bad body / event quoted in an error
 BODY_LIMIT = 65536     # bytes of an error body read before giving up on it
 
@@ -141,7 +142,7 @@ class HttpBackend(Backend):
         events = []
         try:
             events.append(self._events.get(timeout=timeout) if timeout > 0 else self._events.get_nowait())
-            while True:
+            while len(events) < POLL_MAX_EVENTS:
                 events.append(self._events.get_nowait())
         except queue.Empty:
             pass
@@ -159,6 +160,8 @@ class HttpBackend(Backend):
         return len(self._tasks)
 
     def describe(self) -> dict:
+        if self._closed:
+            return {"backend": self.name, "url": self.config.url}
         waiting = asyncio.run_coroutine_threadsafe(self.probe(), self._loop)
         try:
             server = waiting.result(timeout=2.0)
@@ -172,11 +175,8 @@ class HttpBackend(Backend):
         if self._closed:
             return
         self._closed = True
-        for future in list(self._tasks.values()):
-            future.cancel()
-        self._loop.call_soon_threadsafe(self._probe.cancel)
         try:
-            self._call(self._client.aclose(), timeout=5.0)
+            self._call(self._shutdown(), timeout=10.0)
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5.0)
@@ -197,6 +197,14 @@ class HttpBackend(Backend):
         return httpx.AsyncClient(base_url=c.url, headers=headers, trust_env=False,
                                  timeout=httpx.Timeout(connect=limit, read=limit, write=limit, pool=None),
                                  limits=httpx.Limits(max_connections=n, max_keepalive_connections=n))
+
+    async def _shutdown(self):
+        """Cancel every request (each still puts its Completion) and the probe; close the client."""
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._client.aclose()
 
     async def probe(self):
         """The server's provenance, fetched once (loop thread); cancelling a waiter spares it."""
