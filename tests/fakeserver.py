@@ -13,6 +13,7 @@ Runs http.server in a thread on 127.0.0.1, ephemeral port.
 import json
 import pathlib
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -83,6 +84,7 @@ class _State:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True       # stream chunks as written, as llama-server does
     server_version = "llama.cpp"
 
     def log_message(self, format, *args):       # keep test output clean
@@ -98,7 +100,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, body):
         state = self.server.state
         with state.lock:
-            state.received.append((self.command, self.path, body, dict(self.headers)))
+            state.received.append((self.command, self.path, body, dict(self.headers), self.client_address[1]))
             queue = state.scripts.get(self.path) or []
             reply = queue.pop(0) if queue else state.defaults.get(self.path, Reply(404, '{"error":"not found"}'))
         try:
@@ -145,12 +147,20 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256            # the listen backlog: many clients connect at once
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):   # a client hanging up is normal here
+            super().handle_error(request, client_address)
+
+
 class FakeServer:
     """Context manager; `url`, `script(path, *replies)`, `received`."""
 
     def __init__(self):
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.state = state = _State()
         state.defaults = {
             "/completion": replay("03_completion_stream.txt"),
@@ -166,6 +176,10 @@ class FakeServer:
     def script(self, path, *replies):
         with self._httpd.state.lock:
             self._httpd.state.scripts.setdefault(path, []).extend(replies)
+
+    def client_ports(self, path):
+        """The client port of each request to `path` (one port = one kept-alive connection)."""
+        return [r[4] for r in self._httpd.state.received if r[1] == path]
 
     def posts(self, path):
         """JSON bodies POSTed to `path`, in order."""
@@ -197,3 +211,59 @@ def wait_until(predicate, timeout=5.0, step=0.01):
             return True
         time.sleep(step)
     return predicate()
+
+
+def long_stream(n_tokens, delay=0.0):
+    """A llama-server stream of `n_tokens` chunks (the transcript's tokens, cycled), then its final event."""
+    events = transcript_events("03_completion_stream.txt")
+    body, final = events[:-1], json.loads(events[-1][len("data: "):])
+    final["tokens_predicted"] = final["timings"]["predicted_n"] = n_tokens
+    return Stream([body[i % len(body)] for i in range(n_tokens)] + ["data: " + json.dumps(final)], delay=delay)
+
+
+def bench(n_requests=64, n_tokens=256, inflight=16):
+    """Client-side cost of the llama-server backend: the fake server runs in a child process
+    (so that its CPU is not counted) and streams `n_tokens` chunks per request, no delays."""
+    import subprocess
+
+    from llcuda_mpi.backends.base import Completion, Request
+    from llcuda_mpi.backends.http import LlamaServerBackend
+    from llcuda_mpi.backends.httpclient import HttpConfig
+
+    child = subprocess.Popen([sys.executable, __file__, "serve", str(n_tokens)], stdout=subprocess.PIPE, text=True)
+    try:
+        url = child.stdout.readline().strip()
+        backend = LlamaServerBackend(HttpConfig(url=url))
+        backend.describe()
+        submitted, done, events = 0, [], 0
+        t0, c0 = time.perf_counter(), time.process_time()
+        while len(done) < n_requests:
+            while submitted < n_requests and backend.busy() < inflight:
+                backend.submit(Request(id=submitted, prompt="Hello world", max_tokens=n_tokens))
+                submitted += 1
+            for e in backend.poll(0.01):
+                events += 1
+                if isinstance(e, Completion):
+                    done.append(e)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        backend.close()
+    finally:
+        child.terminate()
+        child.wait()
+    bad = [c.error for c in done if c.status != "ok"]
+    tokens = sum(len(c.token_times) for c in done)
+    print(f"{n_requests} requests x {n_tokens} chunks, {inflight} in flight: {wall:.2f} s wall, "
+          f"{cpu:.2f} s client CPU; {n_requests / wall:.0f} req/s, {tokens / wall:.0f} chunks/s, "
+          f"{1e6 * cpu / tokens:.1f} us client CPU per chunk; {len(bad)} failed {bad[:1]}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["serve"]:
+        server = FakeServer()
+        n = int(sys.argv[2])
+        server._httpd.state.defaults["/completion"] = long_stream(n)
+        with server:
+            print(server.url, flush=True)
+            server._httpd.state.stop.wait()
+    else:
+        bench(*[int(a) for a in sys.argv[1:]])

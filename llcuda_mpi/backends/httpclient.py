@@ -25,6 +25,7 @@ from llcuda_mpi.backends.base import Backend, Completion, Request, TokenEvent
 from llcuda_mpi.backends.sse import SSEParser
 
 POLL_MAX_EVENTS = 65536  # events one poll hands back at most (the main thread must get back to MPI)
+DRAIN_GRACE = 1.0        # seconds to read the rest of a body after the final event
 EXCERPT = 200          # characters of a bad body / event quoted in an error
 BODY_LIMIT = 65536     # bytes of an error body read before giving up on it
 
@@ -177,6 +178,8 @@ class HttpBackend(Backend):
         self._closed = True
         try:
             self._call(self._shutdown(), timeout=10.0)
+        except TimeoutError:
+            pass                        # a server that will not let go must not hang the job's exit
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5.0)
@@ -205,6 +208,7 @@ class HttpBackend(Backend):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._client.aclose()
+        await asyncio.get_running_loop().shutdown_asyncgens()   # httpx's stream generators
 
     async def probe(self):
         """The server's provenance, fetched once (loop thread); cancelling a waiter spares it."""
@@ -261,11 +265,21 @@ class HttpBackend(Backend):
                 acc.done = True
                 return
             parser = SSEParser()
-            async for chunk in response.aiter_bytes():
-                for event in parser.feed(chunk):
-                    self._event(acc, event)
-                    if acc.done:
-                        return          # leaving the block closes the stream
+            try:
+                # After the final event, read the body to its end (briefly) so that the
+                # connection stays alive for the next request instead of being torn down.
+                async with asyncio.timeout(None) as tail:
+                    async for chunk in response.aiter_bytes():
+                        for event in parser.feed(chunk):
+                            if not acc.done:
+                                self._event(acc, event)
+                                if acc.done:
+                                    tail.reschedule(asyncio.get_running_loop().time() + DRAIN_GRACE)
+            except TimeoutError:
+                if not tail.expired():
+                    raise
+            if acc.done:
+                return
             if parser.pending:
                 raise ProtocolFailure(f"SSE stream cut mid-event after {acc.n_chunks} chunks: "
                                       f"{excerpt(parser.pending_text())!r}")

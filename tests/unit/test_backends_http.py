@@ -107,6 +107,19 @@ def test_llama_non_streaming(server, llama):
     assert c.server_timings["predicted_n"] == 8
 
 
+@pytest.mark.parametrize("cls, path", [(LlamaServerBackend, "/completion"), (OpenAIBackend, "/v1/completions")])
+def test_connection_kept_alive(server, cls, path):
+    backend = make(cls, server.url)
+    try:
+        for i in range(8):
+            done, _ = run(backend, Request(id=i, **HELLO))
+            assert done[i].status == "ok", done[i].error
+    finally:
+        backend.close()
+    # the body was read to its end each time: connections are reused (the probe may have opened a second)
+    assert len(set(server.client_ports(path))) <= 2
+
+
 def test_llama_many_in_flight(server, llama):
     server.script("/completion", *[replay("03_completion_stream.txt", delay=0.01) for _ in range(16)])
     done, tokens = run(llama, *[Request(id=i, **HELLO) for i in range(16)])
