@@ -21,9 +21,10 @@ token pieces (control tokens hidden unless asked), and detokenize's leading
 space rule. Also checked against libllama (llama.cpp b11434) directly: 2000
 seeded random strings per vocab, with and without parse_special, every
 token's piece (special on and off) and the EOG sets all match
-(tests/unit/test_tokenizer_peer.py, when llama-tokenize is present). Not done: llama.cpp's optional clean-up of spaces before
-punctuation in detokenize (llama-server streams raw pieces, as we do), and
-the per-model lstrip/rstrip attributes (phi-3, jina).
+(tests/unit/test_tokenizer_peer.py, when llama-tokenize is present).
+Not done: llama.cpp's optional clean-up of spaces before punctuation in
+detokenize (llama-server streams raw pieces, as we do), and the per-model
+lstrip/rstrip attributes (phi-3, jina).
 """
 
 import codecs
