@@ -19,6 +19,7 @@ LLAMA_STOP_TYPES = {"eos": "eos", "limit": "length", "word": "stop"}
 
 
 class _HttpRegistered(HttpBackend):
+    uses_device = False         # the server owns the GPU; workers need none
     @classmethod
     def add_arguments(cls, group):
         add_http_arguments(group)

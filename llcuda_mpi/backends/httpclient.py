@@ -119,7 +119,7 @@ class HttpBackend(Backend):
         url = httpx.URL(config.url)
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError(f"--url {config.url!r}: expected http://HOST[:PORT] or https://...")
-        self.config, self.device = config, device
+        self.config, self.device = config, str(device)
         self._events = queue.Queue()
         self._tasks = {}                        # request id -> concurrent Future (main thread only)
         self._closed = False
