@@ -14,6 +14,7 @@ HttpBackend and supplies `path`, `payload(request)`, `on_chunk(acc, obj, t)`
 import argparse
 import asyncio
 import json
+import math
 import queue
 import threading
 import time
@@ -116,7 +117,10 @@ class HttpBackend(Backend):
     path = "/"
 
     def __init__(self, config: HttpConfig, device="cpu"):
-        url = httpx.URL(config.url)
+        try:
+            url = httpx.URL(config.url)
+        except httpx.InvalidURL as e:
+            raise ValueError(f"--url {config.url!r}: {e}") from None
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError(f"--url {config.url!r}: expected http://HOST[:PORT] or https://...")
         self.config, self.device = config, str(device)
@@ -228,7 +232,8 @@ class HttpBackend(Backend):
         status, error = "ok", ""
         timeout = acc.request.timeout
         try:
-            async with asyncio.timeout(max(0.0, acc.t_submit + timeout - time.time())):
+            left = acc.t_submit + timeout - time.time() if math.isfinite(timeout) and timeout > 0 else None
+            async with asyncio.timeout(None if left is None else max(0.0, left)):
                 await self._exchange(acc)
         except TimeoutError:
             status, error = "timeout", f"no completion within {timeout:g} s ({acc.n_chunks} chunks received)"

@@ -244,6 +244,12 @@ def test_slow_drip_within_timeout(server, llama):
     assert c.t_end - c.t_first > 15 * 0.03 * 0.9
 
 
+@pytest.mark.parametrize("timeout", [float("inf"), 0])
+def test_no_request_timeout(server, llama, timeout):
+    done, _ = run(llama, Request(id=1, timeout=timeout, **HELLO))
+    assert done[1].status == "ok", done[1].error
+
+
 def test_cancel_closes_stream(server, llama):
     server.script("/completion", replay("03_completion_stream.txt", delay=0.2))
     llama.submit(Request(id=1, **HELLO))
