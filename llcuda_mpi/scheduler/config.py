@@ -12,7 +12,7 @@ from llcuda_mpi.backends import BACKENDS, backend_class
 from llcuda_mpi.mpi import DEVICE_CHOICES
 from llcuda_mpi.scheduler.prompts import INPUT_LEN_DISTS
 
-DEFAULT_BACKEND = "synthetic"   # the engine issue makes this "engine"
+DEFAULT_BACKEND = "engine"       # our own numba engine on the built-in default model
 NUM_PROMPTS_SYNTHETIC = 100     # --num-prompts without a --prompts file
 
 
