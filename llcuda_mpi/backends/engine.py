@@ -12,6 +12,7 @@ class EngineBackendConfig:
     slots: int = 8             # sequences decoded together
     n_ctx: int = 0             # positions per slot; 0 = min(model context, 2048)
     prefill_chunk: int = 128   # prompt tokens per step
+    cuda_graphs: bool = True   # replay captured decode steps on CUDA
 
 
 def open_model(path):
@@ -21,10 +22,10 @@ def open_model(path):
     return load_model(path or ensure_default_model())
 
 
-def build_engine(model, device_kind, slots, n_ctx, prefill_chunk):
+def build_engine(model, device_kind, slots, n_ctx, prefill_chunk, cuda_graphs=True):
     from llcuda_mpi.engine.engine import Engine, EngineConfig
     from llcuda_mpi.engine.ops import make_ops
-    return Engine(model, make_ops(device_kind),
+    return Engine(model, make_ops(device_kind, graphs=cuda_graphs),
                   EngineConfig(n_slots=slots, n_ctx=n_ctx, prefill_chunk=prefill_chunk))
 
 
@@ -48,6 +49,9 @@ class EngineBackend(Backend):
                            help="engine: context positions per slot; 0 = min(model's, 2048) (default %(default)s)")
         group.add_argument("--prefill-chunk", type=int, default=d.prefill_chunk, metavar="N",
                            help="engine: prompt tokens per step (default %(default)s)")
+        group.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                           help="engine: launch every kernel eagerly instead of replaying captured "
+                                "decode steps (debugging)")
 
     @classmethod
     def from_args(cls, args, worker_index, device):
@@ -58,7 +62,8 @@ class EngineBackend(Backend):
             raise ValueError(f"--n-ctx must be >= 0, got {args.n_ctx}")
         model = open_model(args.model)
         kind = getattr(device, "kind", str(device))
-        return cls(build_engine(model, kind, args.slots, args.n_ctx, args.prefill_chunk), device)
+        return cls(build_engine(model, kind, args.slots, args.n_ctx, args.prefill_chunk, args.cuda_graphs),
+                   device)
 
     def submit(self, request):
         t = time.time()

@@ -21,6 +21,8 @@ def add_arguments(parser):
                         help="auto = cuda if a GPU is visible (default %(default)s)")
     parser.add_argument("--n-ctx", type=int, default=0, help="context positions; 0 = min(model's, 2048)")
     parser.add_argument("--ids", action="store_true", help="print token ids instead of text")
+    parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                        help="launch every kernel eagerly (debugging)")
 
 
 def _device(choice):
@@ -43,7 +45,7 @@ def run(args):
         print(f"error: {exc}", file=sys.stderr)
         return 2
     device = _device(args.device)
-    engine = build_engine(model, device, 1, args.n_ctx, 128)
+    engine = build_engine(model, device, 1, args.n_ctx, 128, args.cuda_graphs)
     request = Request(id=0, prompt=args.prompt, max_tokens=args.max_tokens, ignore_eos=args.ignore_eos,
                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                       stop=args.stop)

@@ -128,23 +128,43 @@ class CpuOps(_Ops):
 
 
 class CudaOps(_Ops):
+    """numba.cuda kernels on the current device.
+
+    Everything runs on the legacy default stream: host<->device copies of the
+    per-step inputs are synchronous and order themselves with the kernels.
+    Decode-only steps (one token per sequence) are captured once per batch
+    size into a CUDA graph (cuda.core GraphBuilder as the launch stream) and
+    replayed: the step's token ids, positions, slots and sampling parameters
+    live in persistent device arrays that the captured kernels read.
+    """
+
     name = suffix = "cuda"
 
-    def __init__(self):
+    def __init__(self, graphs=True):
         # the device is chosen once per process before this (llcuda_mpi.mpi.activate)
-        from numba import cuda
+        from numba import config, cuda
         self.cuda = cuda
         if not cuda.is_available():
             raise RuntimeError("--device cuda: no CUDA GPU is visible")
-        self.stream = cuda.stream()
-        self.kw = {"stream": self.stream}
-        self.ids = {}                                  # B -> device int32 (B,)
+        # decode grids are small by design (one row of a small batch): don't warn about occupancy
+        config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
+        self.kw = {"stream": 0}
+        self.graphs_enabled = graphs and not config.ENABLE_CUDASIM
+        self.graphs = {}                               # (T, B) -> executable graph
+        self.eager_seen = set()                        # shapes run eagerly once (kernels compiled)
+        self.sp_dev = None                             # persistent per-row sampling parameters
+        self.ids = None                                # (n_slots,) int32 sampled ids
+        self.launches = 0                              # kernel launches issued eagerly (a counter for benchmarks)
 
     def zeros(self, shape, dtype):
-        return self.cuda.to_device(np.zeros(shape, dtype), stream=self.stream)
+        return self.cuda.to_device(np.zeros(shape, dtype))
 
     def upload(self, a):
-        return self.cuda.to_device(np.ascontiguousarray(a), stream=self.stream)
+        return self.cuda.to_device(np.ascontiguousarray(a))
+
+    def _call(self, module, name, *args, **kwargs):
+        self.launches += 1
+        return super()._call(module, name, *args, **kwargs)
 
     def check_fits(self, cfg, n_slots, n_ctx, max_tokens, model):
         free, total = self.cuda.current_context().get_memory_info()
@@ -161,32 +181,60 @@ class CudaOps(_Ops):
                 f"lower --slots or --n-ctx")
 
     def to_host(self, a):
-        out = a.copy_to_host(stream=self.stream)
-        self.stream.synchronize()
-        return out
+        return a.copy_to_host()
 
     def load_inputs(self, state, host, T, B):
         for name, n in (("tokens", T), ("pos", T), ("slot", T), ("out_rows", B)):
-            getattr(state, name)[:n].copy_to_device(host[name][:n], stream=self.stream)
+            getattr(state, name)[:n].copy_to_device(host[name][:n])
+
+    def _sample(self, state, B):
+        sp = self.sp_dev
+        sampling.sample_cuda(state.logits[:B], sp["temperature"][:B], sp["top_k"][:B], sp["top_p"][:B],
+                             sp["seed"][:B], sp["counter"][:B], self.ids[:B], **self.kw)
+
+    def _capture(self, cfg, weights, state, T, B, forward):
+        from cuda import core
+        dev = core.Device()
+        dev.set_current()
+        gb = dev.create_graph_builder()
+        gb.begin_building()
+        self.kw = {"stream": gb}
+        try:
+            forward(cfg, weights, state, self, T, B)
+            self._sample(state, B)
+        finally:
+            self.kw = {"stream": 0}
+        graph = gb.end_building().complete()
+        return graph, dev
 
     def step(self, cfg, weights, state, host, T, B, sp, rows, forward):
-        s = self.stream
+        if self.sp_dev is None:
+            self.sp_dev = {k: self.cuda.to_device(v) for k, v in sp.items()}
+            self.ids = self.cuda.device_array(len(sp["counter"]), np.int32)
         self.load_inputs(state, host, T, B)
-        forward(cfg, weights, state, self, T, B)
-        p = {k: self.cuda.to_device(v, stream=s) for k, v in self._step_params(sp, rows).items()}
-        if B not in self.ids:
-            self.ids[B] = self.cuda.device_array(B, np.int32)
-        sampling.sample_cuda(state.logits[:B], p["temperature"], p["top_k"], p["top_p"],
-                             p["seed"], p["counter"], self.ids[B], stream=s)
-        out = self.ids[B].copy_to_host(stream=s)
-        s.synchronize()
-        return out
+        for k, v in self._step_params(sp, rows).items():
+            self.sp_dev[k][:B].copy_to_device(v)
+        key = (T, B)
+        decode_only = T == B and self.graphs_enabled
+        if decode_only and key in self.graphs:
+            graph, dev = self.graphs[key]
+            graph.launch(dev.default_stream)
+            dev.sync()
+        elif decode_only and key in self.eager_seen:
+            self.graphs[key] = graph, dev = self._capture(cfg, weights, state, T, B, forward)
+            graph.launch(dev.default_stream)
+            dev.sync()
+        else:
+            forward(cfg, weights, state, self, T, B)
+            self._sample(state, B)
+            self.eager_seen.add(key)
+        return self.ids[:B].copy_to_host()
 
 
-def make_ops(device):
-    """`device` is "cpu" or "cuda" (the current CUDA device)."""
+def make_ops(device, graphs=True):
+    """`device` is "cpu" or "cuda" (the current CUDA device; `graphs`: replay captured decode steps)."""
     if device == "cuda":
-        return CudaOps()
+        return CudaOps(graphs)
     if device == "cpu":
         return CpuOps()
     raise ValueError(f"unknown device {device!r} (cpu or cuda)")

@@ -1,0 +1,58 @@
+"""The engine on a real GPU: CudaOps == CpuOps (logits and generations), graphs == eager.
+
+Run through the device tool: source .device/gpu-env.sh && python3 -m pytest tests/gpu -q
+"""
+
+import numpy as np
+import pytest
+from numba import config, cuda
+
+from llcuda_mpi.backends.base import Completion, Request
+from llcuda_mpi.engine.engine import Engine, EngineConfig, prompt_logits
+from llcuda_mpi.engine.ops import CpuOps, CudaOps
+from llcuda_mpi.model.gguf import load_model
+from llcuda_mpi.model.make import make_tiny_model
+
+pytestmark = pytest.mark.skipif(config.ENABLE_CUDASIM or not cuda.is_available(),
+                                reason="needs a real CUDA GPU (NUMBA_ENABLE_CUDASIM=0 and a device)")
+
+PROMPT = [1, 450, 4996, 17354, 1701, 432, 17204, 975, 278, 17366, 11203, 29889, 306, 4658]
+CASES = [("llama", "F32"), ("qwen2", "F32"), ("gemma3", "F32")] + \
+    [("llama", q) for q in ("F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q4_K_M")]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gpu-models")
+    return lambda arch, quant: load_model(make_tiny_model(arch, d / f"{arch}-{quant}.gguf", quant=quant, seed=11))
+
+
+@pytest.mark.parametrize("arch,quant", CASES)
+def test_prompt_logits_match_cpu(model, arch, quant):
+    m = model(arch, quant)
+    tokens = [t % m.config.n_vocab for t in PROMPT]
+    got = prompt_logits(m, CudaOps(), tokens)
+    want = prompt_logits(m, CpuOps(), tokens)
+    np.testing.assert_allclose(got, want, atol=2e-3, rtol=2e-3)
+
+
+def _generate(m, ops, n_req=6, n=12):
+    engine = Engine(m, ops, EngineConfig(n_slots=4, n_ctx=64, prefill_chunk=8))
+    for i in range(n_req):
+        p = [t % m.config.n_vocab for t in PROMPT[: 3 + 2 * i]]
+        engine.submit(Request(i, prompt_tokens=p, max_tokens=n, ignore_eos=True,
+                              temperature=0.0 if i % 2 == 0 else 0.9, top_k=40, top_p=0.95, seed=i))
+    done = {}
+    while engine.busy():
+        done.update({e.request_id: e for e in engine.step() if isinstance(e, Completion)})
+    return [done[i].token_ids for i in range(n_req)]
+
+
+@pytest.mark.parametrize("arch,quant", [("llama", "Q8_0"), ("gemma3", "F32"), ("llama", "Q4_K_M")])
+def test_generations_graph_eager_cpu_identical(model, arch, quant):
+    m = model(arch, quant)
+    graph_ops = CudaOps(graphs=True)
+    graph = _generate(m, graph_ops)
+    assert graph_ops.graphs, "decode steps were never captured"
+    assert graph == _generate(m, CudaOps(graphs=False))
+    assert graph == _generate(m, CpuOps())
