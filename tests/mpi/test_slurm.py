@@ -1,38 +1,308 @@
-"""slurm/bench.sbatch on a real Slurm (skipped without one).
+"""The slurm/*.sbatch scripts on a real Slurm.
 
-Bring one up on a throw-away machine with ../shared/slurm/start-slurm.sh
-(SLURM_CPUS=4 for 3 tasks on 2 cores) and export SLURM_CONF.
+`.ci/run` starts a one-node Slurm (.ci/slurm/start.sh: 4 CPUs, 4 fake GPUs as
+gres, MpiDefault=none), exports SLURM_CONF and LLCUDA_REQUIRE_SLURM=1, then
+runs pytest. Without a usable Slurm these tests skip, or FAIL when
+LLCUDA_REQUIRE_SLURM=1. By hand on a throw-away root machine:
+
+    bash .ci/slurm/start.sh && export SLURM_CONF=${TMPDIR:-/tmp}/llcuda-ci-slurm/etc/slurm.conf
+    python3 -m pytest tests/mpi/test_slurm.py; bash .ci/slurm/stop.sh
+
+A job passes only if `sbatch --wait` returns 0 AND the job's final state is
+COMPLETED with exit code 0:0 (`sbatch --wait` can return 0 for a job that hit
+its time limit or was cancelled). The scripts for stage and serve are tested
+once they exist in slurm/.
 """
 
+import dataclasses
+import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
+import time
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-pytestmark = pytest.mark.skipif(shutil.which("sbatch") is None or not os.environ.get("SLURM_CONF"),
-                                reason="no Slurm here (sbatch not on PATH or SLURM_CONF unset)")
-
-
-def sbatch(tmp_path, launch, *args):
-    out = tmp_path / "job.out"
-    env = {**os.environ, "LLCUDA_LAUNCH": launch}
-    p = subprocess.run(["timeout", "300", "sbatch", "--wait", "--export=ALL", f"--output={out}",
-                        "slurm/bench.sbatch", *args], cwd=ROOT, env=env, capture_output=True, text=True)
-    return p.returncode, out.read_text() if out.exists() else ""
+SLURM = ROOT / "slurm"
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+            "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
+JOB_TIMEOUT = 300        # seconds a test waits for one job
 
 
-@pytest.mark.parametrize("launch", ["srun --mpi=pmi2", "mpiexec -n 3"])
-def test_bench_sbatch_runs(tmp_path, launch):
-    rc, log = sbatch(tmp_path, launch, "--num-prompts", "12", "--max-tokens", "4", "-o", str(tmp_path / "r.h5"))
-    assert rc == 0, log
-    assert (tmp_path / "r.h5").exists() and "results: " in log
+# ---------------------------------------------------------------- Slurm here?
+
+def _slurm_problem() -> str | None:
+    if shutil.which("sbatch") is None:
+        return "sbatch is not on PATH"
+    conf = os.environ.get("SLURM_CONF") or "/etc/slurm/slurm.conf"
+    if not os.path.exists(conf):
+        return f"no Slurm config ({conf}; SLURM_CONF unset: start one with .ci/slurm/start.sh)"
+    try:
+        p = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return "sinfo did not answer in 20 s (slurmctld down?)"
+    if p.returncode != 0:
+        return f"sinfo failed: {p.stderr.strip() or p.returncode}"
+    states = p.stdout.split()
+    if not any(s.rstrip("*~#") in ("idle", "mixed", "allocated", "completing") for s in states):
+        return f"no node is up (sinfo: {' '.join(states) or 'no nodes'})"
+    return None
 
 
-def test_singletons_are_caught(tmp_path):
-    rc, log = sbatch(tmp_path, "srun --mpi=none", "--num-prompts", "3")
-    assert rc != 0
-    assert "the job has 1 MPI ranks but the allocation has 3 tasks" in log
+@pytest.fixture(scope="module")
+def slurm():
+    problem = _slurm_problem()
+    if problem is None:
+        return _config()
+    if os.environ.get("LLCUDA_REQUIRE_SLURM") == "1":
+        pytest.fail(f"LLCUDA_REQUIRE_SLURM=1 but Slurm is not usable: {problem}", pytrace=False)
+    pytest.skip(f"no Slurm here: {problem}")
+
+
+def _config() -> dict:
+    out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=20).stdout
+    conf = dict(re.findall(r"^(\w+)\s+=\s+(.*?)\s*$", out, re.M))
+    nodes = subprocess.run(["sinfo", "-h", "-o", "%G"], capture_output=True, text=True, timeout=20).stdout
+    m = re.search(r"gpu:(?:\w+:)?(\d+)", nodes)
+    conf["gpus_per_node"] = int(m.group(1)) if m else 0
+    return conf
+
+
+# ---------------------------------------------------------------- one job, strictly judged
+
+@dataclasses.dataclass
+class Job:
+    id: str
+    rc: int                 # sbatch --wait's exit status
+    state: str              # final JobState seen by scontrol
+    exit_code: str          # "rc:signal"
+    log: str
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0 and self.state == "COMPLETED" and self.exit_code == "0:0"
+
+    def __str__(self):
+        return f"job {self.id}: sbatch rc={self.rc} state={self.state} ExitCode={self.exit_code}\n{self.log}"
+
+
+def _show(job_id: str) -> tuple[str, str]:
+    p = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=20)
+    state = re.search(r"\bJobState=(\S+)", p.stdout)
+    code = re.search(r"\bExitCode=(\S+)", p.stdout)
+    return (state.group(1) if state else ""), (code.group(1) if code else "")
+
+
+class Submission:
+    """`sbatch --wait` in the background, with scontrol watching the job's state meanwhile."""
+
+    def __init__(self, tmp_path, script, *args, sbatch=(), env=None):
+        self.out = tmp_path / f"{pathlib.Path(script).stem}-%j.out"
+        cmd = ["sbatch", "--parsable", "--wait", f"--output={self.out}", *sbatch, str(script), *map(str, args)]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        line = self.proc.stdout.readline().strip()
+        if not re.fullmatch(r"\d+(;.*)?", line):
+            _, err = self.proc.communicate(timeout=60)
+            raise AssertionError(f"sbatch {script} refused the job: {line} {err.strip()}")
+        self.id = line.split(";")[0]
+        self.log_path = pathlib.Path(str(self.out).replace("%j", self.id))
+        self.state, self.exit_code, self.gone = "PENDING", "", False
+
+    def poll_state(self) -> str:
+        """The job's state now; once its record is gone (MinJobAge) the last state seen stands."""
+        state, code = _show(self.id)
+        self.gone = not state
+        if state:
+            self.state, self.exit_code = state, code
+        return self.state
+
+    def wait_for(self, predicate, timeout, what):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            if self.poll_state() in TERMINAL:
+                raise AssertionError(f"job ended before {what}: {self.finish()}")
+            time.sleep(0.3)
+        raise AssertionError(f"no {what} after {timeout} s: {self.cancel_and_finish()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def finish(self, timeout=JOB_TIMEOUT) -> Job:
+        """Wait for sbatch --wait to return and for a final state (not COMPLETING)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.poll_state()
+            if self.proc.poll() is not None and (self.state in TERMINAL or self.gone):
+                break
+            if time.monotonic() > deadline:
+                return self.cancel_and_finish()
+            time.sleep(0.3)
+        _, err = self.proc.communicate(timeout=60)       # closes the pipes
+        return Job(self.id, self.proc.returncode, self.state, self.exit_code, self.log() + err)
+
+    def cancel_and_finish(self) -> Job:
+        subprocess.run(["scancel", self.id], timeout=20)
+        try:
+            self.proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+        self.poll_state()
+        return Job(self.id, self.proc.returncode if self.proc.returncode is not None else -1,
+                   self.state + " (cancelled by the test)", self.exit_code, self.log())
+
+
+def run_job(tmp_path, script, *args, sbatch=(), env=None, timeout=JOB_TIMEOUT) -> Job:
+    return Submission(tmp_path, script, *args, sbatch=sbatch, env=env).finish(timeout)
+
+
+def needs_script(name: str) -> pathlib.Path:
+    path = SLURM / name
+    if not path.exists():
+        pytest.skip(f"slurm/{name} does not exist yet")
+    return path
+
+
+# ---------------------------------------------------------------- launches: N ranks, right devices
+
+def probe(tmp_path, launch=None, sbatch=(), env=None):
+    env = dict(env or {})
+    if launch is not None:
+        env["LLCUDA_LAUNCH"] = launch
+    job = run_job(tmp_path, ROOT / "tests/mpi/slurm_probe.sbatch", sbatch=sbatch, env=env, timeout=120)
+    lines = [json.loads(line[6:]) for line in job.log.splitlines() if line.startswith("PROBE ")]
+    return job, sorted(lines, key=lambda x: (x["rank"], x["env"].get("SLURM_PROCID", "")))
+
+
+def assert_three_ranks(job, lines):
+    assert job.ok, job
+    assert [(x["rank"], x["size"]) for x in lines] == [(0, 3), (1, 3), (2, 3)], job
+    assert all(x["mismatch"] is None and x["env"]["LLCUDA_EXPECT_RANKS"] == "3" for x in lines), job
+
+
+LAUNCHES = {                          # launcher -> extra environment
+    "srun --mpi=pmi2": {},
+    "mpiexec": {},                    # Hydra reads the allocation: no -n needed
+    "mpiexec -n 3": {},
+    "srun (SLURM_MPI_TYPE=pmi2)": {"SLURM_MPI_TYPE": "pmi2"},   # what MpiDefault=pmi2 does
+}
+
+
+@pytest.mark.parametrize("name", LAUNCHES)
+def test_launch_starts_one_job_of_n_ranks(slurm, tmp_path, name):
+    """The launches that work with the mpich wheel: one COMM_WORLD of SLURM_NTASKS ranks,
+    workers on distinct GPUs of the node (--gpus-per-node: every task sees all of them)."""
+    gres = ["--gpus-per-node=4"] if slurm["gpus_per_node"] >= 4 else []
+    job, lines = probe(tmp_path, name.split(" (")[0], sbatch=gres, env=LAUNCHES[name])
+    assert_three_ranks(job, lines)
+    assert [x["device"] for x in lines] == ["cpu", "cuda:0", "cuda:1"], job
+    if name.startswith("mpiexec"):    # Hydra's local rank wins over the inherited SLURM_LOCALID=0
+        assert [x["env"].get("MPI_LOCALRANKID") for x in lines] == ["0", "1", "2"], job
+
+
+def test_bare_srun_follows_mpi_default(slurm, tmp_path):
+    """Plain `srun` works where MpiDefault=pmi2; with none it starts singletons, which are caught."""
+    job, lines = probe(tmp_path, "srun", env={"SLURM_MPI_TYPE": ""} if "SLURM_MPI_TYPE" in os.environ else None)
+    if slurm.get("MpiDefault") == "pmi2":
+        assert_three_ranks(job, lines)
+    else:
+        assert [x["size"] for x in lines] == [1, 1, 1], job
+        assert all("singletons" in x["mismatch"] for x in lines), job
+
+
+def test_srun_mpi_none_is_three_singletons(slurm, tmp_path):
+    job, lines = probe(tmp_path, "srun --mpi=none")
+    assert [(x["rank"], x["size"]) for x in lines] == [(0, 1)] * 3, job
+    assert all("has 1 MPI ranks but the allocation has 3 tasks" in x["mismatch"] for x in lines), job
+
+
+def test_gpus_per_task_gives_each_worker_ordinal_0_of_its_own_gpu(slurm, tmp_path):
+    if slurm["gpus_per_node"] < 3:
+        pytest.skip("the node has no 3 (fake) GPUs as gres")
+    job, lines = probe(tmp_path, "srun --mpi=pmi2", sbatch=["--gpus-per-task=1"])
+    assert_three_ranks(job, lines)
+    visible = [x["env"]["CUDA_VISIBLE_DEVICES"] for x in lines]
+    assert len(set(visible)) == 3 and all("," not in v for v in visible), job
+    assert [x["device"] for x in lines] == ["cpu", "cuda:0", "cuda:0"], job
+    assert [x["physical"] for x in lines[1:]] == visible[1:], job
+
+
+# ---------------------------------------------------------------- bench.sbatch
+
+def read_ok_results(path, n):
+    from llcuda_mpi.results.reader import read_results
+    res = read_results(path)
+    assert res.complete and len(res) == n and list(res.status) == ["ok"] * n
+    return res
+
+
+@pytest.mark.parametrize("launch", [None, "mpiexec"])
+def test_bench_sbatch_synthetic(slurm, tmp_path, launch):
+    h5 = tmp_path / "r.h5"
+    job = run_job(tmp_path, SLURM / "bench.sbatch", "--backend", "synthetic", "--num-prompts", 12,
+                  "--max-tokens", 4, "--no-progress", "-o", h5,
+                  env={"LLCUDA_LAUNCH": launch} if launch else None)
+    assert job.ok, job
+    assert f"results: {h5}" in job.log, job
+    res = read_ok_results(h5, 12)
+    assert sorted({int(r) for r in res.requests["rank"]}) == [1, 2]
+
+
+def test_bench_sbatch_engine(slurm, tmp_path):
+    """One short run of our own engine (CPU kernels) on a tiny model, through the same script."""
+    from llcuda_mpi.model.make import make_tiny_model
+    model, h5 = tmp_path / "m.gguf", tmp_path / "e.h5"
+    make_tiny_model("llama", model)
+    job = run_job(tmp_path, SLURM / "bench.sbatch", "--backend", "engine", "--model", model, "--device", "cpu",
+                  "--num-prompts", 4, "--max-tokens", 4, "--input-len", 8, "--no-progress", "-o", h5)
+    assert job.ok, job
+    read_ok_results(h5, 4)
+
+
+def test_bench_sbatch_catches_singletons(slurm, tmp_path):
+    job = run_job(tmp_path, SLURM / "bench.sbatch", "--backend", "synthetic", "--num-prompts", 3,
+                  env={"LLCUDA_LAUNCH": "srun --mpi=none"})
+    assert not job.ok and job.state == "FAILED", job
+    assert "the job has 1 MPI ranks but the allocation has 3 tasks" in job.log, job
+
+
+# ---------------------------------------------------------------- stage.sbatch
+
+def test_stage_sbatch(slurm, tmp_path):
+    script = needs_script("stage.sbatch")
+    from llcuda_mpi.model.make import make_tiny_model
+    from llcuda_mpi.storage import Store, resolve_model
+    model, store = tmp_path / "m.gguf", tmp_path / "store"
+    make_tiny_model("llama", model)
+    job = run_job(tmp_path, script, model, "--name", "tiny:ci", "--store", store, "--chunk-mib", 1,
+                  sbatch=["--ntasks=2"])
+    assert job.ok, job
+    staged = resolve_model("store:tiny:ci", store=Store(str(store)), hold=False)
+    assert pathlib.Path(staged).read_bytes() == model.read_bytes()
+    verify = subprocess.run(["python3", "-m", "llcuda_mpi.cli", "store", "--store", str(store), "verify"],
+                            capture_output=True, text=True, timeout=120)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+# ---------------------------------------------------------------- serve.sbatch
+
+def test_serve_sbatch_answers_then_stops_on_sigterm(slurm, tmp_path):
+    script = needs_script("serve.sbatch")
+    import httpx
+    port_file = tmp_path / "serve.port"
+    sub = Submission(tmp_path, script, "--backend", "synthetic", "--host", "127.0.0.1", "--port", 0,
+                     "--port-file", port_file, sbatch=["--time=5"])
+    sub.wait_for(lambda: port_file.exists() and port_file.read_text().strip(), 180, "port file from serve")
+    port = int(port_file.read_text().split()[0])
+    r = httpx.post(f"http://127.0.0.1:{port}/completion", json={"prompt": "hello", "n_predict": 4}, timeout=60)
+    assert r.status_code == 200, r.text
+    subprocess.run(["scancel", sub.id], check=True, timeout=20)       # SIGTERM to every step at once
+    job = sub.finish(120)
+    assert job.state == "CANCELLED", job
+    assert "shutting down" in job.log.lower() and "Traceback" not in job.log, job
