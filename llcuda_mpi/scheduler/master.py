@@ -73,6 +73,21 @@ class Master:
             self.sends = m.prune_sends(self.sends)
         return moved
 
+    def cancel(self, request_id: int) -> bool:
+        """Cancel one request (serve: its client went away). A queued one ends here with
+        status "error", error "cancelled"; a running one's worker is told, and its own
+        completion ("cancelled", or the result if it was faster) comes back as usual."""
+        where = self.dispatcher.cancel(request_id)
+        if where is None:
+            return False
+        kind, what = where
+        if kind == "queued":
+            now = time.time()
+            self._finish(what, Completion(what.id, "error", "cancelled", t_submit=now, t_end=now), 0)
+        else:
+            self.sends.append(self.comm.isend((m.CANCEL, [request_id]), dest=what, tag=m.TAG))
+        return True
+
     def _handle(self, rank, kind, payload):
         d = self.dispatcher
         if kind == m.DONE:

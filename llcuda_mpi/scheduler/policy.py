@@ -79,6 +79,27 @@ class Dispatcher:
         self._measured.append((arrival, request))
         self.n_total += 1
 
+    def cancel(self, request_id: int):
+        """A client gave up on a request (serve): ("queued", request) once removed from the
+        queue (finished now, no worker involved), ("running", worker) for one sent out (its
+        worker's completion still comes), None if unknown or already finished."""
+        entry = self.outstanding.get(request_id)
+        if entry is not None:
+            return "running", entry[0]
+        for queue, measured in ((self._warm, False), (self._measured, True)):
+            for i, item in enumerate(queue):
+                request = item[1] if measured else item
+                if request.id == request_id:
+                    del queue[i]
+                    self.n_finished += 1
+                    self.warmup_left -= request.warmup
+                    return "queued", request
+        return None
+
+    def queued(self) -> list[Request]:
+        """Requests not yet sent to a worker (serve: metrics, shutdown)."""
+        return list(self._warm) + [r for _, r in self._measured]
+
     # ---------------------------------------------------------------- workers
     def on_worker(self, worker: int, slots: int) -> None:
         """A worker announced itself with `slots` free slots."""
