@@ -233,13 +233,15 @@ def run(args, comm=None) -> int:
         except (StoreError, OSError) as exc:
             report["error"] = str(exc)
 
-    # 4. every rank checks what its node now holds
-    node_comm.Barrier()
+    # 4. every rank checks what its node now holds (after every writer is done: stores may be shared)
+    world.Barrier()
     try:
         mine = Store(root)
         report["visible"] = os.path.exists(mine.blob_path(src["digest"])) and mine.stamp_ok(src["digest"])
     except (StoreError, OSError) as exc:
         report["error"] = report["error"] or str(exc)
+    if node_comm is not ctx.node:
+        node_comm.Free()
     reports = world.gather(report, root=0)
     rc = 0
     if ctx.is_master:
@@ -255,8 +257,9 @@ def _needs_manifest(store: Store, src: dict) -> bool:
     return [b["digest"] for b in m["blobs"]] != [src["digest"]]
 
 
-def print_summary(src: dict, reports: list[dict], file=sys.stdout) -> int:
+def print_summary(src: dict, reports: list[dict], file=None) -> int:
     """One line per node (its leader's report) + ranks that cannot see the blob -> exit code."""
+    file = file or sys.stdout
     print(f"stage {src['name']}:{src['tag']} {src['digest']} ({src['size'] / 1e9:.3f} GB) "
           f"to {len({r['node'] for r in reports})} node(s)", file=file)
     print(f"{'NODE':>4}  {'HOST':<16} {'ACTION':<10} {'BYTES':>14} {'SECONDS':>8} {'GB/s':>7}  VERIFIED  STORE",
