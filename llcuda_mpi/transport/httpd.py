@@ -90,6 +90,9 @@ class HttpConnection:
                         return None
                 elif isinstance(event, h11.Request):
                     head = event
+                    size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+                    if size > self.limits.max_head:      # h11 bounds only a head that arrives in pieces
+                        raise HttpError(431, f"request head of {size} bytes exceeds {self.limits.max_head}")
                     length = dict(event.headers).get(b"content-length")
                     if length is not None and int(length) > self.limits.max_body:
                         raise HttpError(413, f"request body of {int(length)} bytes exceeds {self.limits.max_body}")

@@ -253,7 +253,7 @@ def generation_params(obj: dict, limits: Limits, *, max_tokens_key="max_tokens",
         out["prompt_tokens"] = list(prompt)
     else:
         raise BadRequest("'prompt' must be a string or a list of token ids")
-    n = _number(obj, max_tokens_key, d["max_tokens"], -1, limits.max_tokens, integer=True)
+    n = _number(obj, max_tokens_key, min(d["max_tokens"], limits.max_tokens), -1, limits.max_tokens, integer=True)
     if n == 0:
         raise BadRequest(f"{max_tokens_key!r} must be >= 1 (or -1: as many as allowed)")
     out["max_tokens"] = limits.max_tokens if n < 0 else n

@@ -175,16 +175,26 @@ class BinarySession:
         m = self.gw.metrics
         try:
             while True:
+                # between frames: idle limit (none while generations run); inside one: header_timeout
                 idle = None if self.streams else self.gw.config.http.idle_timeout
+                if not prefix:
+                    try:
+                        async with asyncio.timeout(idle):
+                            prefix = await self.reader.readexactly(1)
+                    except TimeoutError:
+                        log.info("binary %s: idle for %g s; closing", self.peer, idle)
+                        return
+                    except asyncio.IncompleteReadError:
+                        return                                       # closed between frames
                 try:
-                    async with asyncio.timeout(idle):
+                    async with asyncio.timeout(self.gw.config.http.header_timeout):
                         frame = await p.read_frame(self.reader, self.limits, prefix)
                 except TimeoutError:
-                    log.info("binary %s: idle for %g s; closing", self.peer, idle)
+                    m.reject("frame_timeout")
+                    log.warning("binary %s: frame not complete within %g s (slow client); closing", self.peer,
+                                self.gw.config.http.header_timeout)
                     return
                 prefix = b""
-                if frame is None:
-                    return
                 try:
                     self._handle(frame)
                 except p.ProtocolError as e:
@@ -242,7 +252,7 @@ class BinarySession:
                                   "on this connection")
         try:
             params = p.generation_params(frame.json(), self.limits)
-        except p.BadRequest as e:
+        except (p.BadRequest, p.ProtocolError) as e:      # the framing is intact: only this stream fails
             raise p.ProtocolError(p.E_BAD_REQUEST, str(e)) from None
         stream, t_received = params["stream"], time.time()
 
