@@ -24,6 +24,7 @@ import math
 
 import numpy as np
 
+from llcuda_mpi.model.arch import expected_shapes
 from llcuda_mpi.model.config import ARCHITECTURES, ModelConfig
 
 DTYPES = (np.float32, np.float64)
@@ -107,43 +108,6 @@ def softcap(x, cap):
 
 
 # ---------------------------------------------------------------- weights
-
-def expected_shapes(cfg: ModelConfig) -> dict:
-    """GGUF tensor name -> numpy shape for every tensor `cfg` needs.
-
-    `output.weight` is listed unless `cfg.tied_embeddings`; `rope_freqs.weight`
-    only with `cfg.rope_freq_factors`.
-    """
-    hd, E = cfg.head_dim, cfg.n_embd
-    q_dim, kv_dim = cfg.n_head * hd, cfg.n_head_kv * hd
-    shapes = {"token_embd.weight": (cfg.n_vocab, E), "output_norm.weight": (E,)}
-    if not cfg.tied_embeddings:
-        shapes["output.weight"] = (cfg.n_vocab, E)
-    if cfg.rope_freq_factors:
-        shapes["rope_freqs.weight"] = (hd // 2,)
-    for i in range(cfg.n_layer):
-        b = f"blk.{i}."
-        shapes.update({
-            b + "attn_norm.weight": (E,),
-            b + "attn_q.weight": (q_dim, E),
-            b + "attn_k.weight": (kv_dim, E),
-            b + "attn_v.weight": (kv_dim, E),
-            b + "attn_output.weight": (E, q_dim),
-            b + "ffn_norm.weight": (E,),
-            b + "ffn_gate.weight": (cfg.n_ff, E),
-            b + "ffn_up.weight": (cfg.n_ff, E),
-            b + "ffn_down.weight": (E, cfg.n_ff),
-        })
-        if cfg.qkv_bias:
-            shapes.update({b + "attn_q.bias": (q_dim,), b + "attn_k.bias": (kv_dim,),
-                           b + "attn_v.bias": (kv_dim,)})
-        if cfg.qk_norm:
-            shapes.update({b + "attn_q_norm.weight": (hd,), b + "attn_k_norm.weight": (hd,)})
-        if cfg.post_norms:
-            shapes.update({b + "post_attention_norm.weight": (E,),
-                           b + "post_ffw_norm.weight": (E,)})
-    return shapes
-
 
 def check_config(cfg: ModelConfig):
     """Raise ValueError for a config the reference cannot run."""
