@@ -16,6 +16,7 @@ never leaves a half blob visible.
 """
 
 import datetime
+import mmap
 import os
 import re
 import secrets
@@ -104,7 +105,8 @@ def gguf_metadata(path, label=None) -> dict:
     except ModelError as exc:
         meta = {"format": "gguf", "architecture": "unknown", "engine_ok": False, "problem": str(exc)}
         try:
-            header = read_header(path)
+            with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                header = read_header(path, buf)     # mapped: the header only is paged in
             meta["architecture"] = str(header.metadata.get("general.architecture", "unknown"))
             meta["tensor_types"] = dict(sorted(Counter(t[1] for t in header.tensors).items()))
         except ModelError:
