@@ -24,7 +24,7 @@ from llcuda_mpi import log, mpi
 from llcuda_mpi.backends import BACKENDS, backend_class
 from llcuda_mpi.mpi import DEVICE_CHOICES
 from llcuda_mpi.scheduler import messages as m
-from llcuda_mpi.scheduler.bench import USER_ERRORS, _agree
+from llcuda_mpi.scheduler.bench import USER_ERRORS
 from llcuda_mpi.scheduler.config import DEFAULT_BACKEND, backend_classes
 from llcuda_mpi.scheduler.master import Master
 from llcuda_mpi.scheduler.policy import Dispatcher
@@ -117,6 +117,16 @@ def config_from_args(args) -> ServeConfig:
     cfg = ServeConfig(**{f.name: getattr(args, f.name) for f in fields(ServeConfig)})
     cfg.validate()
     return cfg
+
+
+def _agree(ctx, error: str | None) -> bool:
+    """Collective: True on every rank if any rank had an error (rank 0 prints them all)."""
+    errors = ctx.world.allgather(error)
+    failed = [(rank, e) for rank, e in enumerate(errors) if e]
+    if failed and ctx.is_master:
+        for rank, e in failed:
+            print(f"llcuda-mpi serve: error: {'' if rank == 0 else f'rank {rank}: '}{e}", file=sys.stderr)
+    return bool(failed)
 
 
 class Signals:
