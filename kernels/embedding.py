@@ -13,6 +13,7 @@ launcher checks ids and raises ValueError.
 import numpy as np
 from numba import cuda, float32
 
+from . import matvec_cpu as mvc
 from . import quant_blocks as qb
 from .matvec import _as_2d, _check_array, weight_view
 
@@ -68,7 +69,9 @@ def embedding_cuda(W_raw, qtype, ids, out, scale=1.0, stream=0):
 def embedding_cpu(W_raw, qtype, ids, out, scale=1.0):
     """out (T, n_embd) = W[ids] * scale with numba on the CPU; numpy arrays."""
     fmt, w16, rows, cols, out2 = _check(W_raw, qtype, ids, out, device=False)
+    if not out2.flags.c_contiguous:
+        raise ValueError("out: must be C-contiguous (the CPU kernel writes whole rows)")
     if ids.size and (ids.min() < 0 or ids.max() >= rows):
         bad = ids[(ids < 0) | (ids >= rows)][0]
         raise ValueError(f"ids: token id {bad} out of range for a table of {rows} rows")
-    qb.embedding_cpu_kernel(w16, fmt.qtype, ids, out2, np.float32(scale), cols // qb.GROUP)
+    mvc.embedding(fmt.qtype, w16.view(np.uint8), ids, out2, np.float32(scale))

@@ -16,12 +16,13 @@ grid.y splits B into chunks of BCHUNK, so the same kernel serves decode
 copies or synchronises: it can be captured into a CUDA graph.
 
 CPU: numba njit, parallel over rows; each row is decoded once for the whole
-batch; the kernel itself is in quant_blocks.py (cached on disk: see there).
+batch by a per-format row decoder (matvec_cpu.py, cached on disk: see there).
 """
 
 import numpy as np
 from numba import cuda, float32
 
+from . import matvec_cpu as mvc
 from . import quant_blocks as qb
 
 WARPS = 4      # rows (warps) per CUDA block
@@ -166,7 +167,7 @@ matmul_cuda = matvec_cuda   # prefill: the same kernel tiles any number of rows 
 def matvec_cpu(W_raw, qtype, x, y, bias=None, accumulate=False):
     """y (B, rows) [+]= x (B, cols) @ W.T [+ bias] with numba on the CPU; numpy arrays."""
     fmt, w16, x2, y2, b, has_bias = check_matvec(W_raw, qtype, x, y, bias, device=False)
-    qb.matvec_cpu_kernel(w16, fmt.qtype, x2, y2, b, has_bias, bool(accumulate), x2.shape[1] // qb.GROUP)
+    mvc.matvec(fmt.qtype, w16.view(np.uint8), x2, y2, b, has_bias, bool(accumulate))
 
 
 matmul_cpu = matvec_cpu

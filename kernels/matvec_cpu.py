@@ -1,0 +1,327 @@
+"""Fast CPU (numba njit) matvec and embedding on raw GGUF rows, one tight row decoder per format.
+
+w: uint8 (rows, bytes_per_row), the tensor's GGUF bytes. Each weight row is
+decoded ONCE into a float32 scratch of cols elements (F32 rows are not
+decoded at all: the row's bytes are viewed as float32), with loops of 16-32
+independent elements that LLVM vectorises; the scratch (in L1) is then dotted
+with each of the B rows of x. Values are bit-identical to
+quant_reference.dequantize_rows (same float32 operation order, no fastmath in
+the decoders); only the dot products reassociate (see _dot).
+
+Every njit function of this module is cached on disk; numba keys the cache on
+this file's content, so the kernels and every helper they call stay in this
+one file (an edited helper in another file would be served stale).
+
+The launchers (matvec.matvec_cpu, embedding.embedding_cpu) validate and call
+`matvec` / `embedding` here; the matvec runs serially below PAR_MIN_BYTES of
+work (a parallel region costs more than it saves on a 256x256 weight).
+"""
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+from .quant_blocks import BF16, F16, F32, Q4_0, Q4_K, Q5_K, Q6_K, Q8_0
+
+PAR_MIN_BYTES = 1 << 19      # weight bytes x B below which the matvec runs on one thread
+CHUNKS_PER_THREAD = 4        # row chunks per thread in the parallel matvec (one scratch per chunk)
+
+# 2**(e - 25) for the f16 exponent field e = 1..30: a normal half is (1024 + m) * 2**(e - 25)
+_HALF_SCALE = np.array([2.0 ** (e - 25) for e in range(32)], dtype=np.float32)
+_TWO_M14 = np.float32(2.0 ** -14)
+_TWO_M24 = np.float32(2.0 ** -24)
+
+
+# ---------------------------------------------------------------- 16-wide vector steps
+# numba has no restrict: LLVM cannot prove the scratch and the row bytes apart, so it neither
+# vectorises a 32-element block loop (fully unrolled first) nor runs a runtime-checked one
+# fast (its 64-wide main loop never runs). These intrinsics emit one <16 x float> step each
+# (load, integer ops, convert, multiply, store: the float32 operation order of the reference).
+# src: uint8 1-D array (a row's bytes) and byte offsets; dst: float32 1-D array and element offset.
+
+_I32 = ir.IntType(32)
+_V16F = ir.VectorType(ir.FloatType(), 16)
+
+
+def _splat(builder, x):
+    vt = ir.VectorType(x.type, 16)
+    v = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(_I32, 16), [0] * 16))
+
+
+def _at(context, builder, aty, a, off, vt):
+    """Pointer to a <16 x ...> vector at element `off` of array a."""
+    p = builder.gep(context.make_array(aty)(context, builder, a).data, [off])
+    return builder.bitcast(p, vt.as_pointer())
+
+
+def _load16(context, builder, aty, a, off, bits):
+    vt = ir.VectorType(ir.IntType(bits), 16)
+    return builder.load(_at(context, builder, aty, a, off, vt), align=1)
+
+
+def _store16(context, builder, aty, a, off, v):
+    builder.store(v, _at(context, builder, aty, a, off, _V16F), align=4)
+
+
+def _i32s(builder, v):
+    return [builder.trunc(x, _I32) if x.type.width > 32 else builder.sext(x, _I32) if x.type.width < 32 else x
+            for x in v]
+
+
+@intrinsic
+def _v_f16(typingctx, dst, doff, src, soff):
+    """dst[doff:doff+16] = the 16 f16 values at bytes src[soff:soff+32] (exact: fpext)."""
+    def codegen(context, builder, sig, args):
+        h = _load16(context, builder, sig.args[2], args[2], args[3], 16)
+        v = builder.fpext(builder.bitcast(h, ir.VectorType(ir.HalfType(), 16)), _V16F)
+        _store16(context, builder, sig.args[0], args[0], args[1], v)
+        return context.get_dummy_value()
+    return types.void(dst, doff, src, soff), codegen
+
+
+@intrinsic
+def _v_bf16(typingctx, dst, doff, src, soff):
+    """dst[doff:doff+16] = the 16 bf16 values at bytes src[soff:soff+32] (bits << 16)."""
+    def codegen(context, builder, sig, args):
+        h = _load16(context, builder, sig.args[2], args[2], args[3], 16)
+        u = builder.shl(builder.zext(h, ir.VectorType(_I32, 16)), _splat(builder, ir.Constant(_I32, 16)))
+        _store16(context, builder, sig.args[0], args[0], args[1], builder.bitcast(u, _V16F))
+        return context.get_dummy_value()
+    return types.void(dst, doff, src, soff), codegen
+
+
+@intrinsic
+def _v_i8(typingctx, dst, doff, src, soff, d):
+    """dst[doff:doff+16] = d * float32(int8 src[soff:soff+16])  (Q8_0)."""
+    def codegen(context, builder, sig, args):
+        q = _load16(context, builder, sig.args[2], args[2], args[3], 8)
+        v = builder.fmul(_splat(builder, args[4]), builder.sitofp(q, _V16F))
+        _store16(context, builder, sig.args[0], args[0], args[1], v)
+        return context.get_dummy_value()
+    return types.void(dst, doff, src, soff, d), codegen
+
+
+@intrinsic
+def _v_q(typingctx, dst, doff, src, lo, lo_sh, hi, hi_sh, hi_mask, sub, a, m):
+    """dst[doff:doff+16] = a * float32(q - sub) - m, q = ((src[lo+l] >> lo_sh) & 15)
+    | (((src[hi+l] >> hi_sh) & hi_mask) << 4) for l < 16 (Q4_0, Q4_K, Q5_K, Q6_K; m = 0 is exact)."""
+    def codegen(context, builder, sig, args):
+        v32 = ir.VectorType(_I32, 16)
+        s = lambda x: _splat(builder, x)                                    # noqa: E731
+        lo_sh_, hi_sh_, hi_mask_, sub_ = _i32s(builder, (args[4], args[6], args[7], args[8]))
+        ql = builder.zext(_load16(context, builder, sig.args[2], args[2], args[3], 8), v32)
+        qh = builder.zext(_load16(context, builder, sig.args[2], args[2], args[5], 8), v32)
+        q = builder.and_(builder.lshr(ql, s(lo_sh_)), s(ir.Constant(_I32, 15)))
+        h = builder.and_(builder.lshr(qh, s(hi_sh_)), s(hi_mask_))
+        q = builder.sub(builder.or_(q, builder.shl(h, s(ir.Constant(_I32, 4)))), s(sub_))
+        v = builder.fsub(builder.fmul(s(args[9]), builder.sitofp(q, _V16F)), s(args[10]))
+        _store16(context, builder, sig.args[0], args[0], args[1], v)
+        return context.get_dummy_value()
+    return types.void(dst, doff, src, lo, lo_sh, hi, hi_sh, hi_mask, sub, a, m), codegen
+
+
+# ---------------------------------------------------------------- scalar helpers
+
+@njit(cache=True)
+def _half(lo, hi):
+    """float32 of the little-endian f16 with bytes lo, hi (block scales), exactly."""
+    h = np.int32(lo) | (np.int32(hi) << 8)
+    e = (h >> 10) & 31
+    m = h & 1023
+    if e == 0:
+        v = np.float32(m) * _TWO_M24
+    elif e == 31:
+        v = np.float32(np.inf) if m == 0 else np.float32(np.nan)
+    else:
+        v = np.float32(m + 1024) * _HALF_SCALE[e]
+    return -v if h & 0x8000 else v
+
+
+@njit(cache=True)
+def _scale_min(row, o, s):
+    """6-bit (scale, min) of sub-block s of the Q4_K/Q5_K block whose scales[12] start at byte o."""
+    if s < 4:
+        return np.int32(row[o + s] & 63), np.int32(row[o + s + 4] & 63)
+    lo = np.int32(row[o + s + 4])
+    return (lo & 0xF) | ((np.int32(row[o + s - 4]) >> 6) << 4), (lo >> 4) | ((np.int32(row[o + s]) >> 6) << 4)
+
+
+# ---------------------------------------------------------------- row decoders: row bytes -> buf (cols,)
+
+@njit(cache=True)
+def _row_f16(row, buf):
+    n = buf.shape[0]
+    for i in range(0, n - 15, 16):
+        _v_f16(buf, i, row, 2 * i)
+    for i in range(n - n % 16, n):                      # rows of 8 mod 16 elements
+        buf[i] = _half(row[2 * i], row[2 * i + 1])
+
+
+@njit(cache=True)
+def _row_bf16(row, buf):
+    n = buf.shape[0]
+    for i in range(0, n - 15, 16):
+        _v_bf16(buf, i, row, 2 * i)
+    bits = buf.view(np.uint32)
+    for i in range(n - n % 16, n):
+        bits[i] = (np.uint32(row[2 * i]) << 16) | (np.uint32(row[2 * i + 1]) << 24)
+
+
+@njit(cache=True)
+def _row_q8_0(row, buf):
+    # block (34 bytes): d f16 | qs int8[32]
+    for k in range(row.shape[0] // 34):
+        o = 34 * k
+        d = _half(row[o], row[o + 1])
+        _v_i8(buf, 32 * k, row, o + 2, d)
+        _v_i8(buf, 32 * k + 16, row, o + 18, d)
+
+
+@njit(cache=True)
+def _row_q4_0(row, buf):
+    # block (18 bytes): d f16 | qs[16]; element j = low nibble of qs[j], j + 16 = its high nibble; minus 8
+    zero = np.float32(0.0)
+    for k in range(row.shape[0] // 18):
+        o = 18 * k
+        d = _half(row[o], row[o + 1])
+        _v_q(buf, 32 * k, row, o + 2, 0, o + 2, 0, 0, 8, d, zero)
+        _v_q(buf, 32 * k + 16, row, o + 2, 4, o + 2, 0, 0, 8, d, zero)
+
+
+@njit(cache=True)
+def _row_q45_k(row, buf, five):
+    # Q4_K (144 bytes): d, dmin f16 | scales[12] | qs[128]
+    # Q5_K (176 bytes): d, dmin f16 | scales[12] | qh[32] | qs[128]
+    # sub-blocks 2p, 2p+1 (32 elements each) = low, high nibbles of qs[32p:32p+32]; Q5_K's 5th bit
+    # of element l of sub-block s = bit s of qh[l]; value = (d*sc)*q - dmin*m
+    size = 176 if five else 144
+    qoff = 48 if five else 16
+    mask = 1 if five else 0
+    for k in range(row.shape[0] // size):
+        o = size * k
+        d = _half(row[o], row[o + 1])
+        dmin = _half(row[o + 2], row[o + 3])
+        for s in range(8):
+            sc, m = _scale_min(row, o + 4, s)
+            ds, dm = d * np.float32(sc), dmin * np.float32(m)
+            q0, e0 = o + qoff + 32 * (s >> 1), 256 * k + 32 * s
+            sh = 4 * (s & 1)
+            _v_q(buf, e0, row, q0, sh, o + 16, s, mask, 0, ds, dm)
+            _v_q(buf, e0 + 16, row, q0 + 16, sh, o + 32, s, mask, 0, ds, dm)
+
+
+@njit(cache=True)
+def _row_q6_k(row, buf):
+    # block (210 bytes): ql[128] | qh[64] | scales int8[16] | d f16. Half h (128 elements), t = 32j + l:
+    # low 4 bits = nibble j>>1 of ql[64h + 32(j&1) + l], high 2 bits = bits 2j of qh[32h + l];
+    # value = (d * scales[8h + 2j + l//16]) * (q - 32)
+    zero = np.float32(0.0)
+    for k in range(row.shape[0] // 210):
+        o = 210 * k
+        d = _half(row[o + 208], row[o + 209])
+        for h in range(2):
+            for j in range(4):
+                for half in range(2):
+                    sc = np.int32(row[o + 192 + 8 * h + 2 * j + half])
+                    ds = d * np.float32(sc - ((sc & 0x80) << 1))
+                    _v_q(buf, 256 * k + 128 * h + 32 * j + 16 * half, row,
+                         o + 64 * h + 32 * (j & 1) + 16 * half, 4 * (j >> 1),
+                         o + 128 + 32 * h + 16 * half, 2 * j, 3, 32, ds, zero)
+
+
+@njit(cache=True)
+def _decode_row(qt, row, buf):
+    """Row bytes (uint8) -> buf float32 (cols,). Not for F32 (see _rows, embedding)."""
+    if qt == Q4_K:
+        _row_q45_k(row, buf, False)
+    elif qt == Q6_K:
+        _row_q6_k(row, buf)
+    elif qt == Q8_0:
+        _row_q8_0(row, buf)
+    elif qt == Q4_0:
+        _row_q4_0(row, buf)
+    elif qt == Q5_K:
+        _row_q45_k(row, buf, True)
+    elif qt == F16:
+        _row_f16(row, buf)
+    elif qt == BF16:
+        _row_bf16(row, buf)
+
+
+# ---------------------------------------------------------------- matvec
+
+@njit(fastmath={"reassoc", "contract"}, cache=True)
+def _dot(a, b):
+    # reassoc lets LLVM keep several vector partial sums (the float32 rounding of a sum of n
+    # terms stays within ~n*eps*sum|terms| either way: the tests' tolerance); contract = FMA.
+    s = np.float32(0.0)
+    for i in range(a.shape[0]):
+        s += a[i] * b[i]
+    return s
+
+
+@njit(cache=True)
+def _out(v, x, y, r, bias, has_bias, accumulate):
+    """y[:, r] [+]= x @ v [+ bias[r]]."""
+    for b in range(x.shape[0]):
+        s = _dot(v, x[b])
+        if has_bias:
+            s += bias[0, r]
+        if accumulate:
+            s += y[b, r]
+        y[b, r] = s
+
+
+@njit(cache=True)
+def _rows(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf):
+    """y[:, r0:r1] [+]= x @ W[r0:r1].T [+ bias]; each row decoded once (into buf) for all B rows of x."""
+    if qt == F32:
+        wf = w.view(np.float32)                     # once per call: a view per row costs ~15 ns
+        for r in range(r0, r1):
+            _out(wf[r], x, y, r, bias, has_bias, accumulate)
+    else:
+        for r in range(r0, r1):
+            _decode_row(qt, w[r], buf)
+            _out(buf, x, y, r, bias, has_bias, accumulate)
+
+
+@njit(cache=True)
+def _matvec_serial(qt, w, x, y, bias, has_bias, accumulate):
+    _rows(qt, w, x, y, bias, has_bias, accumulate, 0, w.shape[0], np.empty(x.shape[1], np.float32))
+
+
+@njit(parallel=True, cache=True)
+def _matvec_parallel(qt, w, x, y, bias, has_bias, accumulate, chunk):
+    rows = w.shape[0]
+    for c in prange((rows + chunk - 1) // chunk):
+        buf = np.empty(x.shape[1], np.float32)      # one scratch per chunk of rows
+        _rows(qt, w, x, y, bias, has_bias, accumulate, c * chunk, min(rows, c * chunk + chunk), buf)
+
+
+def matvec(qt, w, x, y, bias, has_bias, accumulate):
+    """y (B, rows) [+]= x (B, cols) @ W.T [+ bias]: validated arrays (matvec.check_matvec), w uint8."""
+    rows = w.shape[0]
+    threads = numba.get_num_threads()
+    if threads == 1 or w.nbytes * x.shape[0] < PAR_MIN_BYTES or rows < 2 * threads:
+        _matvec_serial(qt, w, x, y, bias, has_bias, accumulate)
+    else:
+        chunk = -(-rows // (CHUNKS_PER_THREAD * threads))
+        _matvec_parallel(qt, w, x, y, bias, has_bias, accumulate, chunk)
+
+
+# ---------------------------------------------------------------- embedding
+
+@njit(cache=True)
+def embedding(qt, w, ids, out, scale):
+    """out (T, cols) = rows ids of w (uint8), dequantised, times scale (float32); ids checked by the caller."""
+    for t in range(ids.shape[0]):
+        if qt == F32:
+            out[t, :] = w[ids[t]].view(np.float32)
+        else:
+            _decode_row(qt, w[ids[t]], out[t])
+        if scale != 1.0:
+            for i in range(out.shape[1]):
+                out[t, i] *= scale
