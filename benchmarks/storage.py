@@ -65,6 +65,7 @@ def main(argv=None) -> int:
         src = os.path.join(work, "big.gguf")
         dt, size = timed(lambda: make_gguf(src, args.gib))
         gb = size / 1e9
+        os.sync()                                            # flush the new file: timings below start clean
         print(f"file: {size} bytes ({size / (1 << 30):.2f} GiB), written in {dt:.1f} s")
         rows = []
         dt, out = timed(lambda: subprocess.run(["sha256sum", src], capture_output=True, text=True, check=True))
