@@ -28,7 +28,7 @@ from mpi4py import MPI
 from llcuda_mpi import log, mpi
 from llcuda_mpi.storage.files import BlobWriter, StoreError, hash_file
 from llcuda_mpi.storage.resolve import is_store_ref
-from llcuda_mpi.storage.store import Store, StoreConfig, gguf_metadata, parse_bytes, parse_ref
+from llcuda_mpi.storage.store import Store, gguf_metadata, parse_bytes, parse_ref
 
 PROG = "llcuda-mpi stage"
 
