@@ -1,0 +1,285 @@
+"""Decode matvec y (B, rows) [+]= x (B, cols) @ W.T for small B (<= MAX_B), 8-byte weight loads.
+
+Weights are read as int64 words. F32 / F16 / BF16 / Q4_K rows are their raw
+GGUF bytes viewed as int64 (every field of those blocks is 8-byte aligned).
+Q8_0 (34-byte blocks) and Q4_0 (18-byte blocks) are repacked once at load by
+`pack`: the same bytes reordered, quants (rows, cols or cols/2) in one array
+and the f16 scales (rows, blocks) in another, so quants are 8-byte aligned
+(no dequantised copy). Q5_K / Q6_K are not handled here (`pack` returns None).
+
+A "word" w of a row decodes to RUNS runs of RUN consecutive elements
+(columns c0.. and c1..). One warp per row, WARPS rows per block; lane l reads
+words l, l+32, ... U at a time (independent loads in flight), decodes each
+once and FMAs it into NB accumulators, one per batch row (x stays in L1/L2).
+Lane partials meet in shared memory (one code path for the simulator, which
+has no shuffles). The launcher never allocates, copies or synchronises.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import config, cuda, float32
+
+from . import quant_blocks as qb
+
+WARPS = 8          # rows per block
+U = 4              # words per lane loaded before decoding
+MAX_B = 8          # batch rows one launch handles (more: kernels/gemm.py)
+NBS = (1, 2, 4, 8)  # compiled accumulator counts
+TWO112 = np.float32(2.0 ** 112)
+
+# kind -> (RUN, RUNS): elements per run, runs per word
+SHAPES = {"F32": (2, 1), "F16": (4, 1), "BF16": (4, 1), "Q8_0": (8, 1), "Q4_0": (8, 2), "Q4_K": (8, 2)}
+
+
+@dataclass
+class Packed:
+    kind: str       # key of SHAPES
+    q: object       # int64 (rows, words_per_row_in_storage)
+    s: object       # uint16 (rows, blocks) scales (Q8_0/Q4_0) or a (1, 1) placeholder
+    rows: int
+    cols: int
+    nw: int         # decode words per row
+
+
+def pack(raw, qtype):
+    """Host uint8 (rows, bytes_per_row) GGUF rows -> Packed of numpy arrays, or None (use matvec.py)."""
+    fmt = qb.format_of(qtype)
+    raw = np.ascontiguousarray(raw).view(np.uint8)
+    rows, nbytes = raw.shape
+    cols = qb.cols_of(fmt.qtype, nbytes)
+    none = np.zeros((1, 1), np.uint16)
+    if fmt.name in ("F32", "F16", "BF16", "Q4_K") and nbytes % 8 == 0:
+        nw = cols // (SHAPES[fmt.name][0] * SHAPES[fmt.name][1])
+        return Packed(fmt.name, raw.view(np.int64), none, rows, cols, nw)
+    if fmt.name in ("Q8_0", "Q4_0"):
+        nb = cols // 32
+        blocks = raw.reshape(rows, nb, fmt.type_size)
+        s = np.ascontiguousarray(blocks[:, :, :2]).view(np.uint16).reshape(rows, nb)
+        q = np.ascontiguousarray(blocks[:, :, 2:]).reshape(rows, nb * (fmt.type_size - 2))
+        if q.shape[1] % 8 == 0:
+            return Packed(fmt.name, q.view(np.int64), s, rows, cols, q.shape[1] // 8)
+    return None
+
+
+def to_device(p, upload):
+    """The Packed with its arrays passed through upload (e.g. cuda.to_device)."""
+    return Packed(p.kind, upload(p.q), upload(p.s), p.rows, p.cols, p.nw)
+
+
+# ---------------------------------------------------------------- bit helpers
+
+if config.ENABLE_CUDASIM:
+    def bits_f32(v):
+        """float32 with the bit pattern of v (an int in [0, 2**32))."""
+        return np.array([int(v) & 0xFFFFFFFF], np.uint32).view(np.float32)[0]
+else:
+    from numba.cuda import libdevice
+
+    @cuda.jit(device=True)
+    def bits_f32(v):
+        return libdevice.int_as_float(np.int32(v))
+
+
+@cuda.jit(device=True)
+def h2f(h):
+    """IEEE half bits h (int in [0, 65536)) -> float32, exactly (subnormals, inf, nan)."""
+    em = h & 0x7FFF
+    if em >= 0x7C00:
+        v = bits_f32((em << 13) | 0x7F800000)
+    else:
+        v = bits_f32(em << 13) * TWO112
+    return -v if h & 0x8000 else v
+
+
+# ---------------------------------------------------------------- word decoders
+# dec(w, q, s, row, i, vals) -> (c0, c1): word i (value w) of row -> vals[0:RUN] at
+# columns c0.., vals[8:8+RUN] at c1.. (second run only when RUNS == 2).
+
+@cuda.jit(device=True)
+def widx_plain(i):
+    return i
+
+
+@cuda.jit(device=True)
+def widx_q4_k(i):
+    return (i >> 4) * 18 + 2 + (i & 15)      # 144-byte block = 18 words: d, dmin, scales | 16 words of qs
+
+
+@cuda.jit(device=True)
+def dec_f32(w, q, s, row, i, vals):
+    vals[0] = bits_f32(w & 0xFFFFFFFF)
+    vals[1] = bits_f32((w >> 32) & 0xFFFFFFFF)
+    return 2 * i, 0
+
+
+@cuda.jit(device=True)
+def dec_f16(w, q, s, row, i, vals):
+    for j in range(4):
+        vals[j] = h2f((w >> (16 * j)) & 0xFFFF)
+    return 4 * i, 0
+
+
+@cuda.jit(device=True)
+def dec_bf16(w, q, s, row, i, vals):
+    for j in range(4):
+        vals[j] = bits_f32(((w >> (16 * j)) & 0xFFFF) << 16)
+    return 4 * i, 0
+
+
+@cuda.jit(device=True)
+def dec_q8_0(w, q, s, row, i, vals):
+    d = h2f(np.int32(s[row, i >> 2]))
+    for j in range(8):
+        vals[j] = d * np.float32((w << (56 - 8 * j)) >> 56)     # sign-extended byte j
+    return 8 * i, 0
+
+
+@cuda.jit(device=True)
+def dec_q4_0(w, q, s, row, i, vals):
+    # word i = bytes 8h..8h+7 (h = i & 1) of block i >> 1's qs: low nibbles -> elements 8h + j, high -> 16 + 8h + j
+    d = h2f(np.int32(s[row, i >> 1]))
+    for j in range(8):
+        b = (w >> (8 * j)) & 0xFF
+        vals[j] = d * np.float32((b & 0xF) - 8)
+        vals[8 + j] = d * np.float32((b >> 4) - 8)
+    c0 = 32 * (i >> 1) + 8 * (i & 1)
+    return c0, c0 + 16
+
+
+@cuda.jit(device=True)
+def scale_byte(h0, h1, k):
+    """scales[k] of a K block whose first two words are h0, h1."""
+    if k < 4:
+        return (h0 >> (32 + 8 * k)) & 0xFF
+    return (h1 >> (8 * (k - 4))) & 0xFF
+
+
+@cuda.jit(device=True)
+def sc_min(h0, h1, sb):
+    if sb < 4:
+        return scale_byte(h0, h1, sb) & 63, scale_byte(h0, h1, sb + 4) & 63
+    lo = scale_byte(h0, h1, sb + 4)
+    return (lo & 0xF) | ((scale_byte(h0, h1, sb - 4) >> 6) << 4), (lo >> 4) | ((scale_byte(h0, h1, sb) >> 6) << 4)
+
+
+@cuda.jit(device=True)
+def dec_q4_k(w, q, s, row, i, vals):
+    # qs word k = i & 15 of block b: bytes 32c + l0 + j (c = k >> 2, l0 = 8 (k & 3));
+    # low nibble -> sub-block 2c element l0 + j, high -> sub-block 2c + 1
+    b = i >> 4
+    k = i & 15
+    c = k >> 2
+    h0 = q[row, 18 * b]
+    h1 = q[row, 18 * b + 1]
+    d = h2f(h0 & 0xFFFF)
+    dmin = h2f((h0 >> 16) & 0xFFFF)
+    sc, m = sc_min(h0, h1, 2 * c)
+    d1 = d * np.float32(sc)
+    m1 = dmin * np.float32(m)
+    sc, m = sc_min(h0, h1, 2 * c + 1)
+    d2 = d * np.float32(sc)
+    m2 = dmin * np.float32(m)
+    for j in range(8):
+        byte = (w >> (8 * j)) & 0xFF
+        vals[j] = d1 * np.float32(byte & 0xF) - m1
+        vals[8 + j] = d2 * np.float32(byte >> 4) - m2
+    c0 = 256 * b + 64 * c + 8 * (k & 3)
+    return c0, c0 + 32
+
+
+DECODE = {"F32": (dec_f32, widx_plain), "F16": (dec_f16, widx_plain), "BF16": (dec_bf16, widx_plain),
+          "Q8_0": (dec_q8_0, widx_plain), "Q4_0": (dec_q4_0, widx_plain), "Q4_K": (dec_q4_k, widx_q4_k)}
+
+
+# ---------------------------------------------------------------- kernel
+
+def _make_kernel(kind, NB):
+    dec, widx = DECODE[kind]
+    RUN, RUNS = SHAPES[kind]
+
+    @cuda.jit(device=True)
+    def fma_word(w, q, s, row, i, x, nb, vals, acc):
+        c0, c1 = dec(w, q, s, row, i, vals)
+        for b in range(NB):
+            if b < nb:
+                t = float32(0.0)
+                for j in range(RUN):
+                    t += vals[j] * x[b, c0 + j]
+                if RUNS == 2:
+                    for j in range(RUN):
+                        t += vals[8 + j] * x[b, c1 + j]
+                acc[b] += t
+
+    @cuda.jit
+    def gemv_kernel(q, s, x, y, bias, has_bias, accumulate, nw):
+        lane = cuda.threadIdx.x
+        wy = cuda.threadIdx.y
+        row = cuda.blockIdx.x * WARPS + wy
+        nb = x.shape[0]
+        live = row < y.shape[1]            # no early return: all threads reach syncthreads
+        vals = cuda.local.array(16, float32)
+        acc = cuda.local.array(NB, float32)
+        part = cuda.shared.array((NB, WARPS, 33), float32)
+        for b in range(NB):
+            acc[b] = float32(0.0)
+        if live:
+            for i0 in range(lane, nw, 32 * U):
+                i1 = i0 + 32
+                i2 = i0 + 64
+                i3 = i0 + 96
+                w0 = q[row, widx(i0)]
+                w1 = q[row, widx(i1)] if i1 < nw else 0
+                w2 = q[row, widx(i2)] if i2 < nw else 0
+                w3 = q[row, widx(i3)] if i3 < nw else 0
+                fma_word(w0, q, s, row, i0, x, nb, vals, acc)
+                if i1 < nw:
+                    fma_word(w1, q, s, row, i1, x, nb, vals, acc)
+                if i2 < nw:
+                    fma_word(w2, q, s, row, i2, x, nb, vals, acc)
+                if i3 < nw:
+                    fma_word(w3, q, s, row, i3, x, nb, vals, acc)
+        for b in range(NB):
+            part[b, wy, lane] = acc[b]
+        cuda.syncthreads()
+        if live and lane < nb:
+            v = float32(0.0)
+            for k in range(32):
+                v += part[lane, wy, k]
+            if has_bias:
+                v += bias[0, row]
+            if accumulate:
+                v += y[lane, row]
+            y[lane, row] = v
+
+    return gemv_kernel
+
+
+_KERNELS = {}
+
+
+def _kernel(kind, nb):
+    NB = next(n for n in NBS if n >= nb)
+    if (kind, NB) not in _KERNELS:
+        _KERNELS[kind, NB] = _make_kernel(kind, NB)
+    return _KERNELS[kind, NB]
+
+
+def _as_2d(a):
+    return a.reshape(1, a.shape[0]) if len(a.shape) == 1 else a
+
+
+def gemv_cuda(p, x, y, bias=None, accumulate=False, stream=0):
+    """y (B, rows) [+]= x (B, cols) @ W.T [+ bias]; p: Packed of device arrays; B <= MAX_B."""
+    x2, y2 = _as_2d(x), _as_2d(y)
+    B = x2.shape[0]
+    if not 1 <= B <= MAX_B:
+        raise ValueError(f"gemv: batch {B} outside 1..{MAX_B} (use kernels.gemm)")
+    if x2.shape[1] != p.cols or tuple(y2.shape) != (B, p.rows):
+        raise ValueError(f"gemv: x {tuple(x2.shape)} / y {tuple(y2.shape)} do not fit the "
+                         f"{p.kind} weight {p.rows}x{p.cols}")
+    if np.dtype(x2.dtype) != np.float32 or np.dtype(y2.dtype) != np.float32:
+        raise ValueError("gemv: x and y must be float32")
+    b = y2 if bias is None else bias.reshape(1, p.rows)
+    grid = ((p.rows + WARPS - 1) // WARPS,)
+    _kernel(p.kind, B)[grid, (32, WARPS), stream](p.q, p.s, x2, y2, b, bias is not None, bool(accumulate), p.nw)
