@@ -16,10 +16,12 @@ class EngineBackendConfig:
 
 
 def open_model(path):
-    """Load `path` (or the built-in default model when empty); ModelError for bad files."""
+    """Load `path`, `store:NAME[:TAG]` (this node's model store) or, when empty, the built-in
+    default model; ModelError for bad files, StoreError for bad store references."""
     from llcuda_mpi.model.gguf import load_model
     from llcuda_mpi.model.make import ensure_default_model
-    return load_model(path or ensure_default_model())
+    from llcuda_mpi.storage import resolve_model
+    return load_model(resolve_model(path) or ensure_default_model())
 
 
 def build_engine(model, device_kind, slots, n_ctx, prefill_chunk, cuda_graphs=True):
@@ -42,7 +44,8 @@ class EngineBackend(Backend):
     def add_arguments(cls, group):
         d = EngineBackendConfig()
         group.add_argument("--model", default=d.model, metavar="GGUF",
-                           help="GGUF model file (default: the built-in default model, made on first use)")
+                           help="GGUF model file or store:NAME[:TAG] (node-local store, see `llcuda-mpi store`); "
+                                "default: the built-in default model, made on first use")
         group.add_argument("--slots", type=int, default=d.slots, metavar="N",
                            help="engine: sequences decoded together per worker (default %(default)s)")
         group.add_argument("--n-ctx", type=int, default=d.n_ctx, metavar="N",

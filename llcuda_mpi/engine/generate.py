@@ -8,7 +8,7 @@ from llcuda_mpi.backends.base import Completion, Request, TokenEvent
 
 def add_arguments(parser):
     parser.add_argument("--model", default="", metavar="GGUF",
-                        help="GGUF model file (default: the built-in default model)")
+                        help="GGUF model file or store:NAME[:TAG] (default: the built-in default model)")
     parser.add_argument("--prompt", "-p", required=True, help="prompt text")
     parser.add_argument("-n", "--max-tokens", type=int, default=64, help="tokens to generate (default %(default)s)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default %(default)s)")
@@ -36,12 +36,13 @@ def _device(choice):
 def run(args):
     from llcuda_mpi.backends.engine import build_engine, open_model
     from llcuda_mpi.model.gguf import ModelError
+    from llcuda_mpi.storage import StoreError
     if args.max_tokens < 1:
         print("error: --max-tokens must be >= 1", file=sys.stderr)
         return 2
     try:
         model = open_model(args.model)
-    except ModelError as exc:
+    except (ModelError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     device = _device(args.device)

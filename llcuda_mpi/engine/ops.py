@@ -7,12 +7,17 @@ tensor's raw GGUF blocks and its type (never a dequantised copy).
 """
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
-from llcuda_mpi.kernels import activations, attention, elementwise, gather, matvec, norm, rope, sampling
+from llcuda_mpi.kernels import activations, attention, elementwise, gather, gemm, gemv, matvec, norm, rope, sampling
 from llcuda_mpi.kernels import embedding as embedding_k
+
+
+class DoesNotFit(RuntimeError):
+    """The model, KV cache and activations need more device memory than is free."""
 
 
 @dataclass
@@ -155,9 +160,44 @@ class CudaOps(_Ops):
         self.sp_dev = None                             # persistent per-row sampling parameters
         self.ids = None                                # (n_slots,) int32 sampled ids
         self.launches = 0                              # kernel launches issued eagerly (a counter for benchmarks)
+        self.packed = {}                               # id(raw) -> (raw, gemv.Packed on the device or None)
+        # LLCUDA_LEGACY_MATVEC=1: every matvec through kernels/matvec.py (the baseline, for benchmarks)
+        self.legacy = os.environ.get("LLCUDA_LEGACY_MATVEC", "") == "1"
 
     def zeros(self, shape, dtype):
         return self.cuda.to_device(np.zeros(shape, dtype))
+
+    def prepare_weight(self, w, host):
+        """Layout for the decode gemv, once per weight (host: its GGUF bytes on the host).
+
+        Q8_0 / Q4_0 get a repacked copy (same bytes, quants and scales apart);
+        other types use an int64 view of w.raw; Q5_K / Q6_K get None (matvec.py).
+        """
+        p = gemv.pack(host, w.qtype)
+        if p is not None:
+            raw_view = p.kind not in ("Q8_0", "Q4_0")
+            p = gemv.Packed(p.kind, w.raw.view(np.int64) if raw_view else self.upload(p.q),
+                            self.upload(p.s), p.rows, p.cols, p.nw)
+        self.packed[id(w.raw)] = (w.raw, p)
+
+    def _packed(self, w):
+        hit = self.packed.get(id(w.raw))
+        if hit is None or hit[0] is not w.raw:          # a Weight not made by load_weights
+            self.prepare_weight(w, w.raw.copy_to_host())
+            hit = self.packed[id(w.raw)]
+        return hit[1]
+
+    def matvec(self, w, x, out, bias=None, accumulate=False):
+        """T <= gemv.MAX_B rows: gemv (matvec.py for Q5_K/Q6_K); more: the tiled gemm."""
+        self.launches += 1
+        if self.legacy:
+            matvec.matvec_cuda(w.raw, w.qtype, x, out, bias=bias, accumulate=accumulate, **self.kw)
+        elif x.shape[0] > gemv.MAX_B:
+            gemm.gemm_cuda(w.raw, w.qtype, x, out, bias=bias, accumulate=accumulate, **self.kw)
+        elif (p := self._packed(w)) is not None:
+            gemv.gemv_cuda(p, x, out, bias=bias, accumulate=accumulate, **self.kw)
+        else:
+            matvec.matvec_cuda(w.raw, w.qtype, x, out, bias=bias, accumulate=accumulate, **self.kw)
 
     def upload(self, a):
         return self.cuda.to_device(np.ascontiguousarray(a))
@@ -174,7 +214,7 @@ class CudaOps(_Ops):
         weights = sum(t.nbytes for t in model.tensors.values())
         need = kv + act + weights
         if need > free * 0.95:
-            raise MemoryError(
+            raise DoesNotFit(
                 f"model + KV cache + activations need {need / 2**30:.2f} GiB "
                 f"(weights {weights / 2**30:.2f}, KV {kv / 2**30:.2f} for {n_slots} slots x {n_ctx} positions) "
                 f"but the GPU has {free / 2**30:.2f} GiB free of {total / 2**30:.2f}: "

@@ -13,7 +13,12 @@ def load_weights(model, ops):
     def mat(name):
         tensor = t[name]
         rows, cols = tensor.shape
-        return Weight(ops.upload(np.asarray(tensor.data)), tensor.qtype, rows, cols)
+        data = np.asarray(tensor.data)
+        w = Weight(ops.upload(data), tensor.qtype, rows, cols)
+        prepare = getattr(ops, "prepare_weight", None)      # CudaOps: the decode gemv's layout
+        if prepare is not None:
+            prepare(w, data)
+        return w
 
     def vec(name):
         return ops.upload(model.dequantize(name, np.float32)) if name in t else None
