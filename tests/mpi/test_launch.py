@@ -65,8 +65,8 @@ def test_one_rank_job_says_it_needs_two(entry):
 def test_bench_end_to_end_writes_a_results_file(tmp_path):
     from llcuda_mpi.results.reader import read_results
     out = tmp_path / "run.h5"
-    p = mpiexec(3, ["-m", "llcuda_mpi.jobs.bench", "--num-prompts", "40", "--warmup", "3", "--max-tokens", "5",
-                    "--synthetic-ttft-ms", "2", "--synthetic-tpot-ms", "1", "--synthetic-error-every", "9",
+    p = mpiexec(3, ["-m", "llcuda_mpi.jobs.bench", "--backend", "synthetic",
+                    "--num-prompts", "40", "--warmup", "3", "--max-tokens", "5", "--synthetic-ttft-ms", "2", "--synthetic-tpot-ms", "1", "--synthetic-error-every", "9",
                     "--synthetic-stall-every", "13", "--timeout", "0.5", "--request-rate", "400",
                     "--output", str(out)])
     assert p.returncode == 0, explain(p)
@@ -88,6 +88,20 @@ def test_bench_end_to_end_writes_a_results_file(tmp_path):
     assert r.provenance["ranks"] == 3 and r.provenance["backend"] == "synthetic"
     assert [row["rank"] for row in r.ranks] == [1, 2]
     assert sum(row["n_requests"] for row in r.ranks) == 40
+
+
+def test_bench_runs_the_engine_on_the_default_model_by_default(tmp_path):
+    # no --backend, no --model: the engine on the built-in model, made on first use in the cache
+    from llcuda_mpi.results.reader import read_results
+    out = tmp_path / "engine.h5"
+    p = mpiexec(3, ["-m", "llcuda_mpi.jobs.bench", "--num-prompts", "6", "--max-tokens", "4", "--ignore-eos",
+                    "--output", str(out)], limit=400, env={"LLCUDA_MPI_CACHE": str(tmp_path / "cache")})
+    assert p.returncode == 0, explain(p)
+    r = read_results(out)
+    assert r.provenance["backend"] == "engine"
+    assert list(r.status) == ["ok"] * 6
+    assert r.requests["n_output"].tolist() == [4] * 6
+    assert (tmp_path / "cache").is_dir() and any((tmp_path / "cache").glob("default-*.gguf"))
 
 
 def test_bench_user_errors_are_one_line_and_exit_2(tmp_path):
