@@ -1,0 +1,44 @@
+"""kernels/gemv.py and kernels/gemm.py on a real GPU at TinyLlama shapes vs the float64 reference.
+
+Run through the device tool: source .device/gpu-env.sh && python3 -m pytest tests/gpu -q
+"""
+
+import numpy as np
+import pytest
+from numba import config, cuda
+
+from llcuda_mpi.kernels import gemm, gemv
+from llcuda_mpi.kernels.quant_reference import matvec_ref, random_raw
+
+pytestmark = pytest.mark.skipif(config.ENABLE_CUDASIM or not cuda.is_available(),
+                                reason="needs a real CUDA GPU (NUMBA_ENABLE_CUDASIM=0 and a device)")
+
+
+def _check(got, ref):
+    tol = 1e-4 * np.abs(ref).max() + 1e-4 * np.abs(ref)
+    err = np.abs(got - ref) - tol
+    assert err.max() <= 0, f"max excess {err.max():.3g}"
+
+
+@pytest.mark.parametrize("name", ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K"])
+@pytest.mark.parametrize("rows,cols,B", [(256, 2048, 1), (2048, 5632, 8), (1000, 2048, 3)])
+def test_gemv(name, rows, cols, B):
+    rng = np.random.default_rng(rows + B)
+    raw = random_raw(name, rows, cols, rng)
+    x = rng.standard_normal((B, cols)).astype(np.float32)
+    y0 = rng.standard_normal((B, rows)).astype(np.float32)
+    y = cuda.to_device(y0)
+    gemv.gemv_cuda(gemv.to_device(gemv.pack(raw, name), cuda.to_device), cuda.to_device(x), y, accumulate=True)
+    _check(y.copy_to_host(), matvec_ref(raw, name, x, y0=y0))
+
+
+@pytest.mark.parametrize("name", ["F16", "Q8_0", "Q4_0", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("rows,cols,T", [(2048, 2048, 32), (5632, 2048, 100), (256, 5632, 17)])
+def test_gemm(name, rows, cols, T):
+    rng = np.random.default_rng(rows + T)
+    raw = random_raw(name, rows, cols, rng)
+    x = rng.standard_normal((T, cols)).astype(np.float32)
+    bias = rng.standard_normal(rows).astype(np.float32)
+    y = cuda.device_array((T, rows), np.float32)
+    gemm.gemm_cuda(cuda.to_device(raw), name, cuda.to_device(x), y, bias=cuda.to_device(bias))
+    _check(y.copy_to_host(), matvec_ref(raw, name, x, bias=bias))
