@@ -72,6 +72,8 @@ def main():
     ap.add_argument("--prefill", type=int, default=512)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--eager", action="store_true", help="also time eager decode at batch 1")
+    ap.add_argument("--legacy", action="store_true",
+                    help="also time the old kernels/matvec.py path (LLCUDA_LEGACY_MATVEC=1) at every batch size")
     ap.add_argument("--model-dir", default=os.environ.get("TMPDIR", "/tmp"))
     ap.add_argument("--json", default="")
     args = ap.parse_args()
@@ -86,12 +88,16 @@ def main():
         wbytes = sum(t.nbytes for n, t in model.tensors.items() if n != "token_embd.weight" or
                      "output.weight" not in model.tensors)
         n_ctx = max(args.prefill + 8, 256)
-        variants = [(b, True) for b in map(int, args.batches.split(","))]
+        variants = [(b, True, False) for b in map(int, args.batches.split(","))]
         if args.eager:
-            variants.insert(0, (1, False))
-        for batch, graphs in variants:
+            variants.insert(0, (1, False, False))
+        if args.legacy:
+            variants += [(b, True, True) for b in map(int, args.batches.split(","))]
+        for batch, graphs, legacy in variants:
+            os.environ["LLCUDA_LEGACY_MATVEC"] = "1" if legacy else ""
             dt, launches = bench_decode(model, args.device, batch, args.steps, graphs, n_ctx)
-            row = {"quant": quant, "what": "decode", "batch": batch, "graphs": graphs,
+            os.environ["LLCUDA_LEGACY_MATVEC"] = ""
+            row = {"quant": quant, "what": "decode", "batch": batch, "graphs": graphs, "legacy_matvec": legacy,
                    "ms_per_step": 1e3 * dt, "tok_s": batch / dt, "GB_s": wbytes / dt / 1e9,
                    "eager_launches_per_step": launches}
             rows.append(row)

@@ -212,6 +212,9 @@ class CudaOps(_Ops):
         act = 4 * max_tokens * (4 * cfg.n_embd + 3 * cfg.n_ff + 2 * cfg.n_head * cfg.head_dim) \
             + 4 * n_slots * (cfg.n_embd + cfg.n_vocab)
         weights = sum(t.nbytes for t in model.tensors.values())
+        if not self.legacy:                            # the gemv's repacked Q8_0 / Q4_0 copies
+            weights += sum(t.nbytes for t in model.tensors.values()
+                           if len(t.shape) == 2 and t.qtype in ("Q8_0", "Q4_0"))
         need = kv + act + weights
         if need > free * 0.95:
             raise DoesNotFit(
