@@ -28,11 +28,6 @@ from .quant_blocks import BF16, F16, F32, Q4_0, Q4_K, Q5_K, Q6_K, Q8_0
 PAR_MIN_BYTES = 1 << 19      # weight bytes x B below which the matvec runs on one thread
 CHUNKS_PER_THREAD = 4        # row chunks per thread in the parallel matvec (one scratch per chunk)
 
-# 2**(e - 25) for the f16 exponent field e = 1..30: a normal half is (1024 + m) * 2**(e - 25)
-_HALF_SCALE = np.array([2.0 ** (e - 25) for e in range(32)], dtype=np.float32)
-_TWO_M14 = np.float32(2.0 ** -14)
-_TWO_M24 = np.float32(2.0 ** -24)
-
 
 # ---------------------------------------------------------------- 16-wide vector steps
 # numba has no restrict: LLVM cannot prove the scratch and the row bytes apart, so it neither
@@ -83,6 +78,16 @@ def _v_f16(typingctx, dst, doff, src, soff):
 
 
 @intrinsic
+def _h2f(typingctx, src, soff):
+    """float32 of the f16 at bytes src[soff:soff+2] (block scales; exact: fpext, no branches)."""
+    def codegen(context, builder, sig, args):
+        p = builder.gep(context.make_array(sig.args[0])(context, builder, args[0]).data, [args[1]])
+        h = builder.load(builder.bitcast(p, ir.IntType(16).as_pointer()), align=1)
+        return builder.fpext(builder.bitcast(h, ir.HalfType()), ir.FloatType())
+    return types.float32(src, soff), codegen
+
+
+@intrinsic
 def _v_bf16(typingctx, dst, doff, src, soff):
     """dst[doff:doff+16] = the 16 bf16 values at bytes src[soff:soff+32] (bits << 16)."""
     def codegen(context, builder, sig, args):
@@ -126,21 +131,6 @@ def _v_q(typingctx, dst, doff, src, lo, lo_sh, hi, hi_sh, hi_mask, sub, a, m):
 # ---------------------------------------------------------------- scalar helpers
 
 @njit(cache=True)
-def _half(lo, hi):
-    """float32 of the little-endian f16 with bytes lo, hi (block scales), exactly."""
-    h = np.int32(lo) | (np.int32(hi) << 8)
-    e = (h >> 10) & 31
-    m = h & 1023
-    if e == 0:
-        v = np.float32(m) * _TWO_M24
-    elif e == 31:
-        v = np.float32(np.inf) if m == 0 else np.float32(np.nan)
-    else:
-        v = np.float32(m + 1024) * _HALF_SCALE[e]
-    return -v if h & 0x8000 else v
-
-
-@njit(cache=True)
 def _scale_min(row, o, s):
     """6-bit (scale, min) of sub-block s of the Q4_K/Q5_K block whose scales[12] start at byte o."""
     if s < 4:
@@ -157,7 +147,7 @@ def _row_f16(row, buf):
     for i in range(0, n - 15, 16):
         _v_f16(buf, i, row, 2 * i)
     for i in range(n - n % 16, n):                      # rows of 8 mod 16 elements
-        buf[i] = _half(row[2 * i], row[2 * i + 1])
+        buf[i] = _h2f(row, 2 * i)
 
 
 @njit(cache=True)
@@ -175,7 +165,7 @@ def _row_q8_0(row, buf):
     # block (34 bytes): d f16 | qs int8[32]
     for k in range(row.shape[0] // 34):
         o = 34 * k
-        d = _half(row[o], row[o + 1])
+        d = _h2f(row, o)
         _v_i8(buf, 32 * k, row, o + 2, d)
         _v_i8(buf, 32 * k + 16, row, o + 18, d)
 
@@ -186,7 +176,7 @@ def _row_q4_0(row, buf):
     zero = np.float32(0.0)
     for k in range(row.shape[0] // 18):
         o = 18 * k
-        d = _half(row[o], row[o + 1])
+        d = _h2f(row, o)
         _v_q(buf, 32 * k, row, o + 2, 0, o + 2, 0, 0, 8, d, zero)
         _v_q(buf, 32 * k + 16, row, o + 2, 4, o + 2, 0, 0, 8, d, zero)
 
@@ -202,8 +192,8 @@ def _row_q45_k(row, buf, five):
     mask = 1 if five else 0
     for k in range(row.shape[0] // size):
         o = size * k
-        d = _half(row[o], row[o + 1])
-        dmin = _half(row[o + 2], row[o + 3])
+        d = _h2f(row, o)
+        dmin = _h2f(row, o + 2)
         for s in range(8):
             sc, m = _scale_min(row, o + 4, s)
             ds, dm = d * np.float32(sc), dmin * np.float32(m)
@@ -221,7 +211,7 @@ def _row_q6_k(row, buf):
     zero = np.float32(0.0)
     for k in range(row.shape[0] // 210):
         o = 210 * k
-        d = _half(row[o + 208], row[o + 209])
+        d = _h2f(row, o + 208)
         for h in range(2):
             for j in range(4):
                 for half in range(2):
@@ -263,7 +253,7 @@ def _dot(a, b):
     return s
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _out(v, x, y, r, bias, has_bias, accumulate):
     """y[:, r] [+]= x @ v [+ bias[r]]."""
     for b in range(x.shape[0]):
@@ -277,14 +267,39 @@ def _out(v, x, y, r, bias, has_bias, accumulate):
 
 @njit(cache=True)
 def _rows(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf):
-    """y[:, r0:r1] [+]= x @ W[r0:r1].T [+ bias]; each row decoded once (into buf) for all B rows of x."""
+    """y[:, r0:r1] [+]= x @ W[r0:r1].T [+ bias]; each row decoded once (into buf) for all B rows of x.
+    One row loop per format: the format switch is outside the loop."""
     if qt == F32:
         wf = w.view(np.float32)                     # once per call: a view per row costs ~15 ns
         for r in range(r0, r1):
             _out(wf[r], x, y, r, bias, has_bias, accumulate)
-    else:
+    elif qt == Q4_K:
         for r in range(r0, r1):
-            _decode_row(qt, w[r], buf)
+            _row_q45_k(w[r], buf, False)
+            _out(buf, x, y, r, bias, has_bias, accumulate)
+    elif qt == Q6_K:
+        for r in range(r0, r1):
+            _row_q6_k(w[r], buf)
+            _out(buf, x, y, r, bias, has_bias, accumulate)
+    elif qt == Q8_0:
+        for r in range(r0, r1):
+            _row_q8_0(w[r], buf)
+            _out(buf, x, y, r, bias, has_bias, accumulate)
+    elif qt == Q4_0:
+        for r in range(r0, r1):
+            _row_q4_0(w[r], buf)
+            _out(buf, x, y, r, bias, has_bias, accumulate)
+    elif qt == Q5_K:
+        for r in range(r0, r1):
+            _row_q45_k(w[r], buf, True)
+            _out(buf, x, y, r, bias, has_bias, accumulate)
+    elif qt == F16:
+        for r in range(r0, r1):
+            _row_f16(w[r], buf)
+            _out(buf, x, y, r, bias, has_bias, accumulate)
+    elif qt == BF16:
+        for r in range(r0, r1):
+            _row_bf16(w[r], buf)
             _out(buf, x, y, r, bias, has_bias, accumulate)
 
 

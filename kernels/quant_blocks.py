@@ -22,7 +22,7 @@ import types as _pytypes
 from dataclasses import dataclass
 
 import numpy as np
-from numba import cuda, njit, prange
+from numba import cuda, njit
 
 GROUP = 8  # elements decoded per call
 
@@ -286,49 +286,6 @@ def cuda_device(name):
     if _cuda is None:
         _cuda = _compile_all(cuda.jit(device=True))
     return getattr(_cuda, name)
-
-
-# ---------------------------------------------------------------- CPU kernels
-# They live here, not in matvec.py / embedding.py, because numba's on-disk cache
-# is keyed on the content of the kernel's own source file: kept in the file of
-# the decoders, an edited decoder can never be served from a stale cache.
-
-_decode_group = cpu.decode_group
-
-
-@njit(parallel=True, cache=True)
-def matvec_cpu_kernel(w, qt, x, y, bias, has_bias, accumulate, ngroups):
-    """y (B, rows) [+]= x (B, cols) @ W.T [+ bias]; w: uint16 view; each row decoded once for all B."""
-    nb = x.shape[0]
-    for r in prange(y.shape[1]):
-        vals = np.empty(8, np.float32)
-        acc = np.zeros(nb, np.float32)
-        for g in range(ngroups):
-            _decode_group(w, qt, r, g, vals)
-            c = 8 * g
-            for b in range(nb):
-                s = np.float32(0.0)
-                for i in range(8):
-                    s += vals[i] * x[b, c + i]
-                acc[b] += s
-        for b in range(nb):
-            v = acc[b]
-            if has_bias:
-                v += bias[0, r]
-            if accumulate:
-                v += y[b, r]
-            y[b, r] = v
-
-
-@njit(parallel=True, cache=True)
-def embedding_cpu_kernel(w, qt, ids, out, scale, ngroups):
-    """out (T, cols) = rows ids of w, dequantised, times scale."""
-    for t in prange(ids.shape[0]):
-        vals = np.empty(8, np.float32)
-        for g in range(ngroups):
-            _decode_group(w, qt, ids[t], g, vals)
-            for i in range(8):
-                out[t, 8 * g + i] = vals[i] * scale
 
 
 def raw_u16(raw):
