@@ -11,7 +11,8 @@
 #
 # Environment:
 #   LLCUDA_SLURM_PREFIX   state, logs, config (default ${TMPDIR:-/tmp}/llcuda-ci-slurm)
-#   LLCUDA_SLURM_CPUS     CPUs the node advertises (default 4: 3-4 rank jobs on a 2-core box)
+#   LLCUDA_SLURM_CPUS     CPUs the node advertises (default 6: a 3-rank job beside a 2-rank one
+#                         on a 2-core box; they mostly wait)
 #   LLCUDA_SLURM_GPUS     fake GPUs as gres (default 4; 0 = none): Slurm sets CUDA_VISIBLE_DEVICES
 #                         per task for --gpus-per-task, so device binding is tested without GPUs
 #   LLCUDA_SLURM_MPI_DEFAULT  MpiDefault (default none, Slurm's own default)
@@ -19,7 +20,7 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 PREFIX=${LLCUDA_SLURM_PREFIX:-${TMPDIR:-/tmp}/llcuda-ci-slurm}
-CPUS=${LLCUDA_SLURM_CPUS:-4}
+CPUS=${LLCUDA_SLURM_CPUS:-6}
 GPUS=${LLCUDA_SLURM_GPUS:-4}
 CONF=$PREFIX/etc/slurm.conf
 say() { echo "[slurm-start $(date +%T)] $*" >&2; }

@@ -1,6 +1,6 @@
 """The slurm/*.sbatch scripts on a real Slurm.
 
-`.ci/run` starts a one-node Slurm (.ci/slurm/start.sh: 4 CPUs, 4 fake GPUs as
+`.ci/run` starts a one-node Slurm (.ci/slurm/start.sh: 6 CPUs, 4 fake GPUs as
 gres, MpiDefault=none), exports SLURM_CONF and LLCUDA_REQUIRE_SLURM=1, then
 runs pytest. Without a usable Slurm these tests skip, or FAIL when
 LLCUDA_REQUIRE_SLURM=1. By hand on a throw-away root machine:
@@ -21,6 +21,7 @@ import pathlib
 import re
 import shutil
 import subprocess
+import threading
 import time
 
 import pytest
@@ -93,11 +94,16 @@ def _show(job_id: str) -> tuple[str, str]:
     p = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=20)
     state = re.search(r"\bJobState=(\S+)", p.stdout)
     code = re.search(r"\bExitCode=(\S+)", p.stdout)
-    return (state.group(1) if state else ""), (code.group(1) if code else "")
+    state = state.group(1) if state else ""
+    if state == "COMPLETING" and re.search(r"\bReason=TimeLimit\b", p.stdout):
+        # its record may go the moment COMPLETING ends (MinJobAge counts from the end time)
+        state = "COMPLETING_TIMEOUT"
+    return state, (code.group(1) if code else "")
 
 
 class Submission:
-    """`sbatch --wait` in the background, with scontrol watching the job's state meanwhile."""
+    """`sbatch --wait` in the background; a thread watches the job's state with scontrol until
+    sbatch returned and the job reached a final state (or its record went)."""
 
     def __init__(self, tmp_path, script, *args, sbatch=(), env=None):
         self.out = tmp_path / f"{pathlib.Path(script).stem}-%j.out"
@@ -111,38 +117,51 @@ class Submission:
         self.id = line.split(";")[0]
         self.log_path = pathlib.Path(str(self.out).replace("%j", self.id))
         self.state, self.exit_code, self.gone = "PENDING", "", False
+        self.stop = threading.Event()
+        self.watcher = threading.Thread(target=self._watch, name=f"watch-job-{self.id}", daemon=True)
+        self.watcher.start()
 
-    def poll_state(self) -> str:
-        """The job's state now; once its record is gone (MinJobAge) the last state seen stands."""
-        state, code = _show(self.id)
-        self.gone = not state
-        if state:
-            self.state, self.exit_code = state, code
-        return self.state
+    def _watch(self):
+        while not self.stop.is_set():
+            state, code = _show(self.id)
+            self.gone = not state
+            if state:               # once the record is gone (MinJobAge), the last state seen stands
+                self.state, self.exit_code = state, code
+            if self.proc.poll() is not None and (self.state in TERMINAL or self.gone):
+                break
+            self.stop.wait(0.3)
+        if self.gone and self.state == "COMPLETING_TIMEOUT":
+            self.state = "TIMEOUT"
+
+    @property
+    def ended(self) -> bool:
+        return self.state in TERMINAL or not self.watcher.is_alive()
 
     def wait_for(self, predicate, timeout, what):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if predicate():
                 return
-            if self.poll_state() in TERMINAL:
+            if self.ended:
                 raise AssertionError(f"job ended before {what}: {self.finish()}")
             time.sleep(0.3)
         raise AssertionError(f"no {what} after {timeout} s: {self.cancel_and_finish()}")
+
+    def wait_log(self, text, timeout) -> str:
+        deadline = time.monotonic() + timeout
+        while text not in self.log() and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert text in self.log(), f"{text!r} not in the log of job {self.id}:\n{self.log()}"
+        return self.log()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def finish(self, timeout=JOB_TIMEOUT) -> Job:
         """Wait for sbatch --wait to return and for a final state (not COMPLETING)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self.poll_state()
-            if self.proc.poll() is not None and (self.state in TERMINAL or self.gone):
-                break
-            if time.monotonic() > deadline:
-                return self.cancel_and_finish()
-            time.sleep(0.3)
+        self.watcher.join(timeout)
+        if self.watcher.is_alive():
+            return self.cancel_and_finish()
         _, err = self.proc.communicate(timeout=60)       # closes the pipes
         return Job(self.id, self.proc.returncode, self.state, self.exit_code, self.log() + err)
 
@@ -153,7 +172,8 @@ class Submission:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.communicate()
-        self.poll_state()
+        self.watcher.join(30)
+        self.stop.set()
         return Job(self.id, self.proc.returncode if self.proc.returncode is not None else -1,
                    self.state + " (cancelled by the test)", self.exit_code, self.log())
 
@@ -167,6 +187,21 @@ def needs_script(name: str) -> pathlib.Path:
     if not path.exists():
         pytest.skip(f"slurm/{name} does not exist yet")
     return path
+
+
+@pytest.fixture(scope="module")
+def serve_at_time_limit(slurm, tmp_path_factory):
+    """A 2-rank serve job with `--time=1` that answered one request; checked by the last test."""
+    sub, ready = start_serve(tmp_path_factory.mktemp("timelimit"), "--time=1", "--ntasks=2")
+    ask_one(ready["url"])
+    yield sub
+    if not sub.ended:
+        sub.cancel_and_finish()
+
+
+def test_serve_sbatch_time_limit_job_started(serve_at_time_limit):
+    """Starts the time-limit job early (see test_serve_sbatch_stops_gracefully_at_its_time_limit)."""
+    assert serve_at_time_limit.state == "RUNNING"
 
 
 # ---------------------------------------------------------------- launches: N ranks, right devices
@@ -292,17 +327,52 @@ def test_stage_sbatch(slurm, tmp_path):
 
 # ---------------------------------------------------------------- serve.sbatch
 
-def test_serve_sbatch_answers_then_stops_on_sigterm(slurm, tmp_path):
+def start_serve(tmp_path, *sbatch):
     script = needs_script("serve.sbatch")
+    ready = tmp_path / "ready.json"
+    sub = Submission(tmp_path, script, "--backend", "synthetic", "--port", 0, "--port-base", 0,
+                     "--ready-file", ready, sbatch=sbatch)
+    sub.wait_for(ready.exists, 180, f"{ready.name} from serve")
+    return sub, json.loads(ready.read_text())
+
+
+def ask_one(url):
     import httpx
-    port_file = tmp_path / "serve.port"
-    sub = Submission(tmp_path, script, "--backend", "synthetic", "--host", "127.0.0.1", "--port", 0,
-                     "--port-file", port_file, sbatch=["--time=5"])
-    sub.wait_for(lambda: port_file.exists() and port_file.read_text().strip(), 180, "port file from serve")
-    port = int(port_file.read_text().split()[0])
-    r = httpx.post(f"http://127.0.0.1:{port}/completion", json={"prompt": "hello", "n_predict": 4}, timeout=60)
-    assert r.status_code == 200, r.text
-    subprocess.run(["scancel", sub.id], check=True, timeout=20)       # SIGTERM to every step at once
+    r = httpx.post(f"{url}/completion", json={"prompt": "hello", "n_predict": 4}, timeout=60)
+    assert r.status_code == 200 and r.json()["tokens_predicted"] == 4, r.text
+
+
+def test_serve_sbatch_answers_then_drains_on_sigterm(slurm, tmp_path):
+    """SIGTERM to the job's steps (`scancel --signal=TERM`, or `--signal=TERM@T` before a time
+    limit): serve drains, every rank exits 0, the job COMPLETES."""
+    sub, ready = start_serve(tmp_path, "--time=5")
+    ask_one(ready["url"])
+    subprocess.run(["scancel", "--signal=TERM", sub.id], check=True, timeout=20)
+    job = sub.finish(120)
+    assert job.ok, job
+    assert "serve: stopped; 1 requests ok" in job.log and "Traceback" not in job.log, job
+
+
+def test_serve_sbatch_scancel_is_a_graceful_stop(slurm, tmp_path):
+    """Plain scancel (SIGTERM to the batch shell and steps at once, SIGKILL KillWait later):
+    serve still logs its orderly stop, well before the SIGKILL."""
+    sub, ready = start_serve(tmp_path, "--time=5")
+    ask_one(ready["url"])
+    subprocess.run(["scancel", sub.id], check=True, timeout=20)
     job = sub.finish(120)
     assert job.state == "CANCELLED", job
-    assert "shutting down" in job.log.lower() and "Traceback" not in job.log, job
+    # the job is CANCELLED at once; the steps' last lines follow (SIGKILL would cut them off)
+    log = sub.wait_log("serve: stopped; 1 requests ok", 30)
+    assert "Traceback" not in log, log
+
+
+
+def test_serve_sbatch_stops_gracefully_at_its_time_limit(slurm, serve_at_time_limit):
+    """The real thing: `--time=1`, Slurm's SIGTERM comes 60-90 s in (limits are checked about
+    every 30 s), SIGKILL KillWait later; serve must have stopped in between. The job was
+    submitted by the fixture near the start of this module, so the wait overlaps other tests."""
+    sub = serve_at_time_limit
+    job = sub.finish(240)
+    assert job.state == "TIMEOUT", job
+    log = sub.wait_log("serve: stopped; 1 requests ok", 30)
+    assert "SIGTERM received" in log and "Traceback" not in log, log
