@@ -23,11 +23,14 @@ from .matvec import check_matvec
 TM = 64           # weight rows per block
 RM = TM // 16     # rows per thread
 KG = 4            # 8-element groups per K step (32 columns)
+WS = (8 * KG, TM + 1)   # shared tile shapes: numba needs constant tuples
 FILL = 264        # blocks wanted in flight (2 per SM on a 132-SM H100); split below FILL / 2
 
 
 def _make_kernel(dec, MT):
     TN = 16 * MT
+    XS = (8 * KG, TN + 1)
+    NACC = RM * MT
 
     @cuda.jit
     def gemm_kernel(w, x, y, bias, has_bias, accumulate, ngroups, ksteps_per_z, atomic):
@@ -39,11 +42,11 @@ def _make_kernel(dec, MT):
         R = y.shape[1]
         T = x.shape[0]
         cols = x.shape[1]
-        ws = cuda.shared.array((8 * KG, TM + 1), float32)
-        xs = cuda.shared.array((8 * KG, TN + 1), float32)
+        ws = cuda.shared.array(WS, float32)
+        xs = cuda.shared.array(XS, float32)
         vals = cuda.local.array(8, float32)
-        acc = cuda.local.array(RM * MT, float32)
-        for i in range(RM * MT):
+        acc = cuda.local.array(NACC, float32)
+        for i in range(NACC):
             acc[i] = float32(0.0)
         rr = tid >> 2                  # decode assignment: row rr, group gg of the K step
         gg = tid & 3

@@ -14,6 +14,12 @@ pytestmark = pytest.mark.skipif(config.ENABLE_CUDASIM or not cuda.is_available()
                                 reason="needs a real CUDA GPU (NUMBA_ENABLE_CUDASIM=0 and a device)")
 
 
+@pytest.fixture(autouse=True)
+def _no_occupancy_warnings(monkeypatch):
+    # k/v-sized matrices are small grids by nature (CudaOps turns the warning off the same way)
+    monkeypatch.setattr(config, "CUDA_LOW_OCCUPANCY_WARNINGS", 0)
+
+
 def _check(got, ref):
     tol = 1e-4 * np.abs(ref).max() + 1e-4 * np.abs(ref)
     err = np.abs(got - ref) - tol
