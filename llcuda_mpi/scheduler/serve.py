@@ -210,9 +210,8 @@ def run(args) -> int:
     if ctx.is_master:
         model = cfg.model_name or (infos[1]["describe"].get("model_path") or cfg.backend)
         gateway.config.model = os.path.basename(model) if os.sep in model else model
-        _announce(cfg, gateway, infos)
         try:
-            serve_master(ctx.world, gateway, cfg, signals)
+            serve_master(ctx.world, gateway, cfg, signals, on_ready=lambda: _announce(cfg, gateway, infos))
         finally:
             gateway.close()
     else:
@@ -250,8 +249,11 @@ def _announce(cfg, gateway, infos) -> None:
         os.replace(tmp, cfg.ready_file)
 
 
-def serve_master(comm, gateway, cfg: ServeConfig, signals: Signals, backoff: m.Backoff | None = None) -> None:
-    """Rank 0's main thread until shutdown: hub <-> Master.step, never a blocking MPI call."""
+def serve_master(comm, gateway, cfg: ServeConfig, signals: Signals, backoff: m.Backoff | None = None,
+                 on_ready=None) -> None:
+    """Rank 0's main thread until shutdown: hub <-> Master.step, never a blocking MPI call.
+
+    on_ready() is called once every worker has said READY (and /health says ok)."""
     hub = gateway.hub
     dispatcher = Dispatcher([], None, cfg.concurrency)
     master = Master(comm, dispatcher, hub.on_result, on_tokens=hub.on_tokens)
@@ -269,9 +271,12 @@ def serve_master(comm, gateway, cfg: ServeConfig, signals: Signals, backoff: m.B
         moved = master.step() or bool(ops)
         hub.flush()
         now = time.time()
-        if now - t_snap > SNAPSHOT_EVERY:
+        if now - t_snap > SNAPSHOT_EVERY or (on_ready is not None and len(master.greeted) == len(master.workers)):
             hub.snapshot = _snapshot(dispatcher)
             t_snap = now
+            if on_ready is not None and len(master.greeted) == len(master.workers):
+                on_ready()
+                on_ready = None
         if signals.event.is_set() and t_stop is None:
             t_stop = now
             gateway.stop_accepting()

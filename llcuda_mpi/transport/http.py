@@ -118,8 +118,7 @@ class HttpApi:
                 outcome = shape.outcome(c)
                 if stream:
                     out += _sse(on_final(c, rank, t_received) if c.status == "ok" else on_error(c))
-                    await conn.send(bytes(out + done_marker))
-                    await conn.end_stream()
+                    await conn.end_stream(bytes(out + done_marker))
                 elif c.status == "ok":
                     await conn.respond_json(200, on_final(c, rank, t_received))
                 else:

@@ -68,6 +68,7 @@ class HttpConnection:
         self.reader, self.writer, self.limits, self.peer = reader, writer, limits, peer
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head)
         self._started = bool(prefix)             # bytes of the next request already came
+        self._out = bytearray()                  # framed bytes not yet written (a deferred head)
         self._t_first = asyncio.get_running_loop().time()
         if prefix:
             self._h11.receive_data(prefix)
@@ -158,13 +159,16 @@ class HttpConnection:
             headers.append((b"content-length", str(length).encode()))
         return headers + [(k.encode(), v.encode()) for k, v in extra]
 
-    async def _write(self, *events) -> None:
+    async def _write(self, *events, defer=False) -> None:
+        """Frame `events` with h11 and write them in one send (or keep them for the next one)."""
         if self.writer.is_closing():
             raise ConnectionResetError("client went away")
         for event in events:
-            data = self._h11.send(event)
-            if data:
-                self.writer.write(data)
+            self._out += self._h11.send(event) or b""
+        if defer:
+            return
+        data, self._out = bytes(self._out), bytearray()
+        self.writer.write(data)
         try:
             async with asyncio.timeout(self.limits.write_timeout):
                 await self.writer.drain()
@@ -179,13 +183,15 @@ class HttpConnection:
         await self.respond(status, json.dumps(obj, separators=(",", ":")).encode())
 
     async def start_stream(self, status: int, content_type: str, extra=()) -> None:
-        await self._write(h11.Response(status_code=status, headers=self._headers(content_type, None, extra)))
+        """The response head; it leaves with the first `send` (one packet instead of two)."""
+        await self._write(h11.Response(status_code=status, headers=self._headers(content_type, None, extra)),
+                          defer=True)
 
     async def send(self, data: bytes) -> None:
         await self._write(h11.Data(data=data))
 
-    async def end_stream(self) -> None:
-        await self._write(h11.EndOfMessage())
+    async def end_stream(self, data: bytes = b"") -> None:
+        await self._write(*([h11.Data(data=data)] if data else []), h11.EndOfMessage())
 
     async def fail(self, status: int, message: str, type_: str = "invalid_request_error", log_it=True) -> None:
         """Answer an error (when the state allows), then mark the connection for closing."""

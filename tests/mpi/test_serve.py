@@ -90,6 +90,21 @@ def test_serve_http_binary_and_sigterm(tmp_path, n):
         asyncio.run(binary())
         text = httpx.get(job.url + "/metrics", timeout=10).text
         assert 'llcuda_requests_total{api="binary",outcome="ok"} 13' in text
+
+        async def drop_mid_stream():                  # ~4 s of tokens, dropped after the first chunk
+            c = await Client.connect(job.url.replace("http", "tcp"))
+            gen = c.generate("x", max_tokens=4000)
+            assert isinstance(await gen.__anext__(), Chunk)
+            c.writer.transport.abort()
+            await c.close()
+        t0 = time.time()
+        asyncio.run(drop_mid_stream())
+        cancelled = False                             # the worker's own count says it stopped early
+        while not cancelled and time.time() - t0 < 3.0:
+            cancelled = any('status="error"} 1' in httpx.get(r["url"] + "/metrics", timeout=10).text
+                            for r in job.info["ranks"])
+            time.sleep(0.05)
+        assert cancelled, "the worker did not cancel the dropped stream"
         assert all(f'llcuda_worker_slots{{rank="{r}"}} 8' in text for r in range(1, n))
     finally:
         rc = job.terminate()
