@@ -87,7 +87,7 @@ def parse(argv):
 def test_defaults_come_from_the_dataclass():
     cfg = config_from_args(parse([]))
     assert cfg == BenchConfig()
-    assert cfg.backend == "synthetic" and math.isinf(cfg.request_rate)
+    assert cfg.backend == "engine" and math.isinf(cfg.request_rate)
     assert json.loads(json.dumps(cfg.to_dict()))["request_rate"] == "inf"
 
 
