@@ -20,6 +20,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import argparse      # noqa: E402
 import re            # noqa: E402
+import resource      # noqa: E402
 import shutil        # noqa: E402
 import subprocess    # noqa: E402
 import sys           # noqa: E402
@@ -87,14 +88,29 @@ def bench_compile(names):
         print(f"compile+first calls, all of {len(names)} formats, {label}: {out.stdout.strip()}")
 
 
-def bench_generate(n_tokens):
-    """End-to-end decode tok/s of the default model, 1 thread, CPU time from the CLI's report."""
+def _generate_cpu_s(n_tokens, threads):
+    """(CPU seconds of a `llcuda-mpi generate` child process, its tok/s line)."""
     exe = shutil.which("llcuda-mpi") or "llcuda-mpi"
-    env = dict(os.environ, NUMBA_NUM_THREADS="1")
+    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads))
     cmd = [exe, "generate", "-p", "Hello", "-n", str(n_tokens), "--device", "cpu", "--ignore-eos"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     line = [s for s in (out.stdout + out.stderr).splitlines() if "tok/s" in s]
-    print(" ".join(cmd), "(NUMBA_NUM_THREADS=1):", line[-1] if line else "no tok/s line")
+    return cpu, line[-1] if line else "no tok/s line"
+
+
+def bench_generate(threads, short=64, long=320):
+    """Decode CPU time per token of the default model: CPU seconds of a long minus a short run
+    (start-up, load and prefill cancel), per extra token; plus the CLI's own (wall-clock) line."""
+    _generate_cpu_s(8, threads)                          # numba cache warm
+    c_short, _ = _generate_cpu_s(short, threads)
+    c_long, line = _generate_cpu_s(long, threads)
+    per_tok = (c_long - c_short) / (long - short)
+    print(f"llcuda-mpi generate -p Hello --device cpu --ignore-eos, NUMBA_NUM_THREADS={threads}: "
+          f"{per_tok * 1e3:.2f} ms CPU per decoded token = {1 / per_tok:.0f} tok/s per CPU-second "
+          f"(-n {long} minus -n {short}); CLI (wall): {line.strip()}")
 
 
 def main():
@@ -105,7 +121,7 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--min-s", type=float, default=0.2, help="CPU seconds per measurement")
     ap.add_argument("--compile", action="store_true", help="also time the cold compile")
-    ap.add_argument("--generate", action="store_true", help="also run llcuda-mpi generate (64 tokens)")
+    ap.add_argument("--generate", action="store_true", help="also: decode CPU ms/token of llcuda-mpi generate")
     args = ap.parse_args()
     numba.set_num_threads(args.threads)
     print(f"load average {os.getloadavg()}")
@@ -114,7 +130,7 @@ def main():
     shapes = {k: v for k, v in SHAPES.items() if re.search(args.shapes, k)}
     bench_shapes(args.formats, shapes, args.batch, args.min_s)
     if args.generate:
-        bench_generate(64)
+        bench_generate(args.threads)
 
 
 if __name__ == "__main__":
