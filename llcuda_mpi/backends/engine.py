@@ -13,6 +13,7 @@ class EngineBackendConfig:
     n_ctx: int = 0             # positions per slot; 0 = min(model context, 2048)
     prefill_chunk: int = 128   # prompt tokens per step
     cuda_graphs: bool = True   # replay captured decode steps on CUDA
+    cpu_threads: int = 1       # numba threads per worker on the CPU (ranks often outnumber cores)
 
 
 def open_model(path):
@@ -24,10 +25,10 @@ def open_model(path):
     return load_model(resolve_model(path) or ensure_default_model())
 
 
-def build_engine(model, device_kind, slots, n_ctx, prefill_chunk, cuda_graphs=True):
+def build_engine(model, device_kind, slots, n_ctx, prefill_chunk, cuda_graphs=True, cpu_threads=1):
     from llcuda_mpi.engine.engine import Engine, EngineConfig
     from llcuda_mpi.engine.ops import make_ops
-    return Engine(model, make_ops(device_kind, graphs=cuda_graphs),
+    return Engine(model, make_ops(device_kind, graphs=cuda_graphs, cpu_threads=cpu_threads),
                   EngineConfig(n_slots=slots, n_ctx=n_ctx, prefill_chunk=prefill_chunk))
 
 
@@ -55,18 +56,20 @@ class EngineBackend(Backend):
         group.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                            help="engine: launch every kernel eagerly instead of replaying captured "
                                 "decode steps (debugging)")
+        group.add_argument("--cpu-threads", type=int, default=d.cpu_threads, metavar="N",
+                           help="engine on the CPU: numba threads per worker (default %(default)s)")
 
     @classmethod
     def from_args(cls, args, worker_index, device):
-        for name in ("slots", "prefill_chunk"):
+        for name in ("slots", "prefill_chunk", "cpu_threads"):
             if getattr(args, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
         if args.n_ctx < 0:
             raise ValueError(f"--n-ctx must be >= 0, got {args.n_ctx}")
         model = open_model(args.model)
         kind = getattr(device, "kind", str(device))
-        return cls(build_engine(model, kind, args.slots, args.n_ctx, args.prefill_chunk, args.cuda_graphs),
-                   device)
+        return cls(build_engine(model, kind, args.slots, args.n_ctx, args.prefill_chunk, args.cuda_graphs,
+                                args.cpu_threads), device)
 
     def submit(self, request):
         t = time.time()

@@ -1,5 +1,6 @@
 """`llcuda-mpi generate`: one-off generation with the engine, streaming text to the terminal."""
 
+import os
 import sys
 import time
 
@@ -21,6 +22,8 @@ def add_arguments(parser):
                         help="auto = cuda if a GPU is visible (default %(default)s)")
     parser.add_argument("--n-ctx", type=int, default=0, help="context positions; 0 = min(model's, 2048)")
     parser.add_argument("--ids", action="store_true", help="print token ids instead of text")
+    parser.add_argument("--cpu-threads", type=int, default=os.cpu_count() or 1, metavar="N",
+                        help="numba threads on the CPU (default: every core, %(default)s)")
     parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                         help="launch every kernel eagerly (debugging)")
 
@@ -37,8 +40,8 @@ def run(args):
     from llcuda_mpi.backends.engine import build_engine, open_model
     from llcuda_mpi.model.gguf import ModelError
     from llcuda_mpi.storage import StoreError
-    if args.max_tokens < 1:
-        print("error: --max-tokens must be >= 1", file=sys.stderr)
+    if args.max_tokens < 1 or args.cpu_threads < 1:
+        print("error: --max-tokens and --cpu-threads must be >= 1", file=sys.stderr)
         return 2
     try:
         model = open_model(args.model)
@@ -46,7 +49,7 @@ def run(args):
         print(f"error: {exc}", file=sys.stderr)
         return 2
     device = _device(args.device)
-    engine = build_engine(model, device, 1, args.n_ctx, 128, args.cuda_graphs)
+    engine = build_engine(model, device, 1, args.n_ctx, 128, args.cuda_graphs, args.cpu_threads)
     request = Request(id=0, prompt=args.prompt, max_tokens=args.max_tokens, ignore_eos=args.ignore_eos,
                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                       stop=args.stop)

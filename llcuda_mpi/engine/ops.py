@@ -101,8 +101,24 @@ class _Ops:
 
 
 class CpuOps(_Ops):
+    """numba njit kernels on the host.
+
+    `threads` sets numba's thread count for this process. Decode work per
+    kernel is small, and a parallel region waits for all its threads: when
+    ranks outnumber cores (2 workers + the master on a 2-core laptop, CI) a
+    second thread made a default-model step 25x slower (160 ms vs 6.3 ms,
+    measured on a loaded 2-core box), so MPI jobs default to 1 thread per
+    worker; `generate` (one process) uses every core.
+    """
+
     name = suffix = "cpu"
     kw = {}
+
+    def __init__(self, threads=1):
+        import numba
+        if threads < 1:
+            raise ValueError(f"--cpu-threads must be >= 1, got {threads}")
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
     def zeros(self, shape, dtype):
         return np.zeros(shape, dtype)
@@ -274,10 +290,10 @@ class CudaOps(_Ops):
         return self.ids[:B].copy_to_host()
 
 
-def make_ops(device, graphs=True):
+def make_ops(device, graphs=True, cpu_threads=1):
     """`device` is "cpu" or "cuda" (the current CUDA device; `graphs`: replay captured decode steps)."""
     if device == "cuda":
         return CudaOps(graphs)
     if device == "cpu":
-        return CpuOps()
+        return CpuOps(cpu_threads)
     raise ValueError(f"unknown device {device!r} (cpu or cuda)")
