@@ -338,3 +338,31 @@ def test_no_task_or_memory_leak_over_rounds_of_abuse(served):
         logger.setLevel(level)
     assert grown < 1_000_000, f"{grown} bytes more after 400 more abusive connections"
     assert gw.metrics.connections_open == 0 and health_ok(url)
+
+
+# ---------------------------------------------------------------- CLI
+
+def test_client_cli_streams_prints_json_and_reports_errors(served, capsys):
+    import argparse
+
+    from llcuda_mpi.transport import client as cli
+    _, _, url, port = served
+
+    def run(*argv):
+        parser = argparse.ArgumentParser()
+        cli.add_arguments(parser)
+        return cli.run(parser.parse_args(list(argv)))
+
+    assert run("--url", f"tcp://127.0.0.1:{port}", "a b", "-n", "5") == 0
+    out, err = capsys.readouterr()
+    assert out.strip() and "[5 tokens, rank 1" in err
+    assert run("--url", url, "a b", "-n", "3", "--json") == 0              # the HTTP URL works too
+    final = json.loads(capsys.readouterr().out)
+    assert final["n_output"] == 3 and final["client"]["e2e_ms"] > 0
+    assert run("--url", f"127.0.0.1:{port}", "--ping") == 0
+    assert "pong from llcuda-mpi" in capsys.readouterr().out
+    assert run("--url", f"tcp://127.0.0.1:{port}", "x", "-n", "0") == 1    # the server refuses
+    assert "error: server error 200" in capsys.readouterr().err
+    assert run("--url", "ftp://x", "x") == 2 and "expected tcp://HOST:PORT" in capsys.readouterr().err
+    assert run("--url", "tcp://127.0.0.1:1", "x") == 2                      # nothing listens there
+    assert run() == 2 and "give a PROMPT" in capsys.readouterr().err
