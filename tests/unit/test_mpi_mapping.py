@@ -103,3 +103,104 @@ def test_launch_mismatch_with_the_allocation():
     assert launch_mismatch_message(4, {"LLCUDA_EXPECT_RANKS": "4"}) is None
     assert "singletons" in launch_mismatch_message(1, {"LLCUDA_EXPECT_RANKS": "4"})
     assert "has 2 MPI ranks but the allocation has 4 tasks" in launch_mismatch_message(2, {"LLCUDA_EXPECT_RANKS": "4"})
+
+
+# ---------------------------------------------------------------- whole nodes, as launchers set them up
+
+def node_devices(envs, *, master_on_node, n_visible=None):
+    """Every rank of one node: (device, physical GPU) for `--device cuda`; rank 0 is the master
+    when master_on_node. n_visible defaults to each rank's CUDA_VISIBLE_DEVICES length."""
+    out = []
+    for i, env in enumerate(envs):
+        is_master = master_on_node and i == 0
+        index = i - 1 if master_on_node else i
+        n = n_visible if n_visible is not None else len(visible_devices(env) or [])
+        d = resolve("cuda", env, is_master=is_master, index=None if is_master else index, n=n,
+                    master_on_node=master_on_node)
+        out.append((str(d), d.physical))
+    return out
+
+
+FIVE_ON_FOUR = [("cpu", None), ("cuda:0", "0"), ("cuda:1", "1"), ("cuda:2", "2"), ("cuda:3", "3")]
+
+
+@pytest.mark.parametrize("var", ["SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PMI_LOCAL_RANK"])
+def test_master_and_four_workers_on_a_four_gpu_node(var):
+    # srun --ntasks-per-node=5 --gpus-per-node=4, mpirun -npernode 5, mpiexec -ppn 5
+    envs = [{var: str(local), "CUDA_VISIBLE_DEVICES": "0,1,2,3"} for local in range(5)]
+    assert node_devices(envs, master_on_node=True) == FIVE_ON_FOUR
+
+
+@pytest.mark.parametrize("var", ["SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PMI_LOCAL_RANK"])
+def test_a_second_node_has_no_master(var):
+    envs = [{var: str(local)} for local in range(4)]
+    assert node_devices(envs, master_on_node=False, n_visible=4) == [(f"cuda:{i}", str(i)) for i in range(4)]
+
+
+def test_mpiexec_inside_sbatch_every_rank_inherits_slurm_localid_0():
+    # Hydra's ranks carry the batch step's SLURM_LOCALID=0 (seen on Slurm 22.05) and MPI_LOCALRANKID
+    envs = [{"SLURM_LOCALID": "0", "SLURM_PROCID": "0", "MPI_LOCALRANKID": str(local),
+             "CUDA_VISIBLE_DEVICES": "0,1,2,3"} for local in range(5)]
+    assert node_devices(envs, master_on_node=True) == FIVE_ON_FOUR
+
+
+def test_launcher_variables_in_order_of_trust():
+    every = {"OMPI_COMM_WORLD_LOCAL_RANK": "1", "MPI_LOCALRANKID": "2", "PMI_LOCAL_RANK": "3", "SLURM_LOCALID": "4"}
+    assert env_local_rank(every) == 1
+    assert env_local_rank({k: v for k, v in every.items() if k != "OMPI_COMM_WORLD_LOCAL_RANK"}) == 2
+    assert env_local_rank({"PMI_LOCAL_RANK": "3", "SLURM_LOCALID": "4"}) == 3
+
+
+@pytest.mark.parametrize("master_on_node, physical", [
+    (True, ["1", "2", "3", "0"]),    # node 0: the master took GPU 0 (srun gives it one too)
+    (False, ["0", "1", "2", "3"]),   # node 1
+    (True, ["0", "0", "0", "0"]),    # ConstrainDevices=yes: every task sees its own GPU as 0
+    (True, ["GPU-a1", "GPU-b2", "MIG-c3/1/0", "GPU-d4"]),
+])
+def test_gpus_per_task_every_worker_takes_ordinal_0_of_its_own_gpu(master_on_node, physical):
+    # srun --gpus-per-task=1 (or --gpu-bind=single:1): CUDA_VISIBLE_DEVICES is one GPU per task
+    start = 1 if master_on_node else 0
+    envs = [{"SLURM_LOCALID": str(start + i), "CUDA_VISIBLE_DEVICES": p} for i, p in enumerate(physical)]
+    if master_on_node:
+        envs.insert(0, {"SLURM_LOCALID": "0", "CUDA_VISIBLE_DEVICES": "7"})
+    got = node_devices(envs, master_on_node=master_on_node)
+    assert got == ([("cpu", None)] if master_on_node else []) + [("cuda:0", p) for p in physical]
+
+
+def test_two_gpus_per_task_keeps_workers_on_distinct_gpus():
+    # srun --gpus-per-task=2: each worker sees its own pair and uses one of it
+    envs = [{"SLURM_LOCALID": "0", "CUDA_VISIBLE_DEVICES": "6,7"},
+            {"SLURM_LOCALID": "1", "CUDA_VISIBLE_DEVICES": "0,1"},
+            {"SLURM_LOCALID": "2", "CUDA_VISIBLE_DEVICES": "2,3"}]
+    got = node_devices(envs, master_on_node=True)
+    assert got[0] == ("cpu", None)
+    workers = [p for _, p in got[1:]]
+    assert workers[0] in ("0", "1") and workers[1] in ("2", "3")
+
+
+def test_rank_0_needs_no_gpu():
+    # the master's node has no GPU (or hides them) while the workers need one: not an error
+    for env, n in [({"CUDA_VISIBLE_DEVICES": ""}, 0), ({"CUDA_VISIBLE_DEVICES": "-1"}, 0), ({}, 0),
+                   ({"SLURM_LOCALID": "0", "CUDA_VISIBLE_DEVICES": "0"}, 1)]:
+        assert resolve("cuda", env, is_master=True, index=None, n=n) == Device("cpu")
+        assert resolve("auto", env, is_master=True, index=None, n=n) == Device("cpu")
+    # ...and a worker on such a node is told clearly
+    with pytest.raises(DeviceError, match=r"no CUDA GPU visible on node7 \(CUDA_VISIBLE_DEVICES='-1'\)"):
+        resolve("cuda", {"CUDA_VISIBLE_DEVICES": "-1", "SLURM_LOCALID": "1"}, index=0, n=0)
+    assert resolve("auto", {"CUDA_VISIBLE_DEVICES": "-1"}, index=0, n=0) == Device("cpu")
+
+
+def test_more_workers_than_gpus_share_them_round_robin():
+    # 6 workers + master on a node with 4 GPUs: GPUs 0 and 1 take two workers each
+    envs = [{"SLURM_LOCALID": str(local), "CUDA_VISIBLE_DEVICES": "0,1,2,3"} for local in range(7)]
+    got = node_devices(envs, master_on_node=True)
+    assert [p for _, p in got[1:]] == ["0", "1", "2", "3", "0", "1"]
+    # restricted to two GPUs: ordinals 0/1, physical 4/5
+    envs = [{"MPI_LOCALRANKID": str(local), "CUDA_VISIBLE_DEVICES": "4,5"} for local in range(4)]
+    assert node_devices(envs, master_on_node=True)[1:] == [("cuda:0", "4"), ("cuda:1", "5"), ("cuda:0", "4")]
+
+
+def test_no_launcher_variable_falls_back_to_the_shared_memory_index():
+    # e.g. a launcher that exports nothing: the worker index from COMM_TYPE_SHARED decides
+    envs = [{"CUDA_VISIBLE_DEVICES": "0,1"} for _ in range(4)]
+    assert node_devices(envs, master_on_node=True) == [("cpu", None), ("cuda:0", "0"), ("cuda:1", "1"), ("cuda:0", "0")]
