@@ -289,17 +289,6 @@ def test_bench_sbatch_synthetic(slurm, tmp_path, launch):
     assert sorted({int(r) for r in res.requests["rank"]}) == [1, 2]
 
 
-def test_bench_sbatch_engine(slurm, tmp_path):
-    """One short run of our own engine (CPU kernels) on a tiny model, through the same script."""
-    from llcuda_mpi.model.make import make_tiny_model
-    model, h5 = tmp_path / "m.gguf", tmp_path / "e.h5"
-    make_tiny_model("llama", model)
-    job = run_job(tmp_path, SLURM / "bench.sbatch", "--backend", "engine", "--model", model, "--device", "cpu",
-                  "--num-prompts", 4, "--max-tokens", 4, "--input-len", 8, "--no-progress", "-o", h5)
-    assert job.ok, job
-    read_ok_results(h5, 4)
-
-
 def test_bench_sbatch_catches_singletons(slurm, tmp_path):
     job = run_job(tmp_path, SLURM / "bench.sbatch", "--backend", "synthetic", "--num-prompts", 3,
                   env={"LLCUDA_LAUNCH": "srun --mpi=none"})
@@ -309,20 +298,28 @@ def test_bench_sbatch_catches_singletons(slurm, tmp_path):
 
 # ---------------------------------------------------------------- stage.sbatch
 
-def test_stage_sbatch(slurm, tmp_path):
+def test_stage_sbatch_then_bench_engine_from_the_store(slurm, tmp_path):
+    """The cluster flow: stage.sbatch copies a model into the node store (verified), then one
+    short bench.sbatch run of our engine (CPU kernels) loads it as store:NAME."""
     script = needs_script("stage.sbatch")
     from llcuda_mpi.model.make import make_tiny_model
     from llcuda_mpi.storage import Store, resolve_model
-    model, store = tmp_path / "m.gguf", tmp_path / "store"
+    model, store, h5 = tmp_path / "m.gguf", tmp_path / "store", tmp_path / "e.h5"
     make_tiny_model("llama", model)
     job = run_job(tmp_path, script, model, "--name", "tiny:ci", "--store", store, "--chunk-mib", 1,
-                  sbatch=["--ntasks=2"])
+                  sbatch=["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1"])   # one node in CI
     assert job.ok, job
     staged = resolve_model("store:tiny:ci", store=Store(str(store)), hold=False)
     assert pathlib.Path(staged).read_bytes() == model.read_bytes()
     verify = subprocess.run(["python3", "-m", "llcuda_mpi.cli", "store", "--store", str(store), "verify"],
                             capture_output=True, text=True, timeout=120)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+    job = run_job(tmp_path, SLURM / "bench.sbatch", "--backend", "engine", "--model", "store:tiny:ci",
+                  "--device", "cpu", "--num-prompts", 4, "--max-tokens", 4, "--input-len", 8,
+                  "--no-progress", "-o", h5, env={"LLCUDA_MPI_STORE": str(store)})
+    assert job.ok, job
+    read_ok_results(h5, 4)
 
 
 # ---------------------------------------------------------------- serve.sbatch
