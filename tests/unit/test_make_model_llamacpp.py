@@ -53,8 +53,10 @@ pytestmark = pytest.mark.skipif(completion_command("x") is None,
 @pytest.mark.parametrize("quant", ["F32", "Q8_0", "Q4_K_M"])
 def test_llama_cpp_generates(tmp_path, arch, quant):
     path = make_tiny_model(arch, tmp_path / f"{arch}-{quant}.gguf", quant)
-    run = subprocess.run(completion_command(path), capture_output=True, text=True, timeout=120,
+    run = subprocess.run(completion_command(path), capture_output=True, text=True, errors="replace", timeout=120,
                          stdin=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-3000:]
-    log = run.stderr + run.stdout
-    assert "decoded 8 tokens" in log or "n_eval" in log or "eval time" in log, log[-3000:]
+    # the model loaded and generated: the prompt comes back followed by a continuation
+    # (llama-completion prints its timing lines only sometimes; don't depend on them)
+    text = run.stdout.strip()
+    assert text.startswith("Hello") and len(text) > len("Hello"), (run.stdout[-1000:], run.stderr[-3000:])
