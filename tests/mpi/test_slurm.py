@@ -373,3 +373,24 @@ def test_serve_sbatch_stops_gracefully_before_its_time_limit(slurm, serve_at_tim
     assert job.ok, job
     assert "SIGTERM received" in job.log and "serve: stopped; 1 requests ok" in job.log, job
     assert "Traceback" not in job.log, job
+
+
+# ---------------------------------------------------------------- scale.sbatch
+
+def test_scale_sbatch_array_then_report_compare(slurm, tmp_path):
+    """Job array 1,2: one element per worker count, each on the whole node; report --compare."""
+    if slurm["gpus_per_node"] < 4:
+        pytest.skip("scale.sbatch asks for 4 GPUs; the node has no 4 (fake) GPUs as gres")
+    sub = Submission(tmp_path, SLURM / "scale.sbatch", "--backend", "synthetic", "--num-prompts", 16,
+                     "--max-tokens", 4, "--no-progress", sbatch=["--array=1,2"],
+                     env={"LLCUDA_SCALE_DIR": str(tmp_path)})
+    job = sub.finish()
+    files = [tmp_path / f"scale-{job.id}-w{w}.h5" for w in (1, 2)]
+    logs = "\n".join(p.read_text() for p in sorted(tmp_path.glob("scale-*.out")))
+    assert job.rc == 0 and all(f.exists() for f in files), f"{job}\n{logs}"
+    for f in files:
+        read_ok_results(f, 16)
+    report = subprocess.run(["python3", "-m", "llcuda_mpi.cli", "report", "--compare", *map(str, files)],
+                            capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0, report.stderr
+    assert all(f.name in report.stdout for f in files), report.stdout
