@@ -24,5 +24,9 @@ export LLCUDA_EXPECT_RANKS=${SLURM_NTASKS:-}
 # NUMBA_CACHE_DIR at a per-job TMPDIR, or every job compiles for minutes first.
 export PYTHONUNBUFFERED=1
 
+# Model store (`--model store:NAME[:TAG]`): stage.sbatch writes it, bench/serve read it, so all
+# of them must agree. Put it on node-local disk that outlives a job (not a per-job TMPDIR).
+export LLCUDA_MPI_STORE=${LLCUDA_MPI_STORE:-/tmp/llcuda-mpi-store-${USER:-$(id -un)}}
+
 # GPUs: leave CUDA_VISIBLE_DEVICES to Slurm (--gpus-per-node / --gpus-per-task); workers map
 # their node-local rank onto the visible GPUs, rank 0 (the master) takes none.
