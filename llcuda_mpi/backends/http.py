@@ -106,6 +106,9 @@ class OpenAIBackend(_HttpRegistered):
             body["stream_options"] = {"include_usage": True}
         if r.stop:
             body["stop"] = list(r.stop)
+        # llama-server reuses a cached prefix unless told not to (others ignore the field);
+        # every request pays its whole prompt, as with the llama-server backend.
+        body["cache_prompt"] = False
         # Extensions of vLLM / SGLang / llama-server, sent only when asked for.
         if r.top_k > 0:
             body["top_k"] = r.top_k
