@@ -21,12 +21,14 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .quant_blocks import BF16, F16, F32, Q4_0, Q4_K, Q5_K, Q6_K, Q8_0
 
 PAR_MIN_BYTES = 1 << 19      # weight bytes x B below which the matvec runs on one thread
 CHUNKS_PER_THREAD = 4        # row chunks per thread in the parallel matvec (one scratch per chunk)
+_ONES32 = np.ones(32, np.float32)
 
 
 # ---------------------------------------------------------------- 16-wide vector steps
@@ -128,6 +130,86 @@ def _v_q(typingctx, dst, doff, src, lo, lo_sh, hi, hi_sh, hi_mask, sub, a, m):
     return types.void(dst, doff, src, lo, lo_sh, hi, hi_sh, hi_mask, sub, a, m), codegen
 
 
+# ---------------------------------------------------------------- fused row . x (B = 1)
+# Decode and dot in one pass over the row, with a <16 x float> accumulator (an alloca that LLVM
+# keeps in a register) and the block scale applied once per 16-32 products:
+# sum_k d_k * sum_j q_kj x_kj. Same value as the decoded row . x up to float32 reassociation.
+
+def _vfma(builder, a, b, c):
+    """a * b + c on <16 x float> (llvm.fma: one rounding)."""
+    f = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16F, [_V16F] * 3), "llvm.fma.v16f32")
+    return builder.call(f, [a, b, c])
+
+
+def _hsum(builder, v):
+    s = builder.extract_element(v, ir.Constant(_I32, 0))
+    for i in range(1, 16):
+        s = builder.fadd(s, builder.extract_element(v, ir.Constant(_I32, i)))
+    return s
+
+
+def _row_loop(context, builder, sig, args, size, body):
+    """Emit: acc = 0; for k in range(row bytes // size): acc = body(k, acc, ptrs); return hsum(acc)."""
+    row = context.make_array(sig.args[0])(context, builder, args[0])
+    xa = context.make_array(sig.args[1])(context, builder, args[1])
+    nbytes = cgutils.unpack_tuple(builder, row.shape, 1)[0]
+    acc = cgutils.alloca_once_value(builder, ir.Constant(_V16F, None))
+    xbase = builder.gep(xa.data, [args[2]])
+    with cgutils.for_range(builder, builder.sdiv(nbytes, ir.Constant(nbytes.type, size))) as loop:
+        builder.store(body(builder, loop.index, builder.load(acc), row.data, xbase), acc)
+    return _hsum(builder, builder.load(acc))
+
+
+def _vload(builder, base, off, vt, align):
+    return builder.load(builder.bitcast(builder.gep(base, [off]), vt.as_pointer()), align=align)
+
+
+def _c(v, like):
+    return ir.Constant(like.type, v)
+
+
+@intrinsic
+def _fdot_q8_0(typingctx, row, x, xoff):
+    """Q8_0 row . x[flat xoff : flat xoff + cols] (x a C-contiguous float32 array)."""
+    def codegen(context, builder, sig, args):
+        def body(b, k, acc, w, xp):
+            o = b.mul(k, _c(34, k))
+            d = b.fpext(b.bitcast(_vload(b, w, o, ir.IntType(16), 1), ir.HalfType()), ir.FloatType())
+            t = None
+            for h in range(2):
+                q = b.sitofp(_vload(b, w, b.add(o, _c(2 + 16 * h, o)), ir.VectorType(ir.IntType(8), 16), 1), _V16F)
+                xv = _vload(b, xp, b.add(b.mul(k, _c(32, k)), _c(16 * h, k)), _V16F, 4)
+                t = b.fmul(q, xv) if t is None else _vfma(b, q, xv, t)
+            return _vfma(b, _splat(b, d), t, acc)
+        return _row_loop(context, builder, sig, args, 34, body)
+    return types.float32(row, x, xoff), codegen
+
+
+@intrinsic
+def _fdot_q4_k(typingctx, row, x, xoff, asc):
+    """sum over sub-blocks s of asc[s] * (q_s . x_s) for a Q4_K row (the dmin*m terms are the caller's)."""
+    def codegen(context, builder, sig, args):
+        sc = context.make_array(sig.args[3])(context, builder, args[3]).data
+
+        def body(b, k, acc, w, xp):
+            o = b.mul(k, _c(144, k))
+            for p in range(4):
+                t = [None, None]
+                for h in range(2):
+                    q = _vload(b, w, b.add(o, _c(16 + 32 * p + 16 * h, o)), ir.VectorType(ir.IntType(8), 16), 1)
+                    for n, qn in enumerate((b.and_(q, _splat(b, ir.Constant(ir.IntType(8), 15))),
+                                            b.lshr(q, _splat(b, ir.Constant(ir.IntType(8), 4))))):
+                        xv = _vload(b, xp, b.add(b.mul(k, _c(256, k)), _c(64 * p + 32 * n + 16 * h, k)), _V16F, 4)
+                        qf = b.uitofp(qn, _V16F)
+                        t[n] = b.fmul(qf, xv) if t[n] is None else _vfma(b, qf, xv, t[n])
+                for n in range(2):
+                    a = b.load(b.gep(sc, [b.add(b.mul(k, _c(8, k)), _c(2 * p + n, k))]))
+                    acc = _vfma(b, _splat(b, a), t[n], acc)
+            return acc
+        return _row_loop(context, builder, sig, args, 144, body)
+    return types.float32(row, x, xoff, asc), codegen
+
+
 # ---------------------------------------------------------------- scalar helpers
 
 @njit(cache=True)
@@ -223,6 +305,19 @@ def _row_q6_k(row, buf):
 
 
 @njit(cache=True)
+def _k_scales(row, size, asc, msc):
+    """Per sub-block d*sc -> asc, dmin*m -> msc of a Q4_K / Q5_K row (block of size bytes)."""
+    for k in range(row.shape[0] // size):
+        o = size * k
+        d = _h2f(row, o)
+        dmin = _h2f(row, o + 2)
+        for s in range(8):
+            sc, m = _scale_min(row, o + 4, s)
+            asc[8 * k + s] = d * np.float32(sc)
+            msc[8 * k + s] = dmin * np.float32(m)
+
+
+@njit(cache=True)
 def _decode_row(qt, row, buf):
     """Row bytes (uint8) -> buf float32 (cols,). Not for F32 (see _rows, embedding)."""
     if qt == Q4_K:
@@ -254,15 +349,19 @@ def _dot(a, b):
 
 
 @njit(cache=True, inline="always")
+def _finish(y, b, r, s, bias, has_bias, accumulate):
+    if has_bias:
+        s += bias[0, r]
+    if accumulate:
+        s += y[b, r]
+    y[b, r] = s
+
+
+@njit(cache=True, inline="always")
 def _out(v, x, y, r, bias, has_bias, accumulate):
     """y[:, r] [+]= x @ v [+ bias[r]]."""
     for b in range(x.shape[0]):
-        s = _dot(v, x[b])
-        if has_bias:
-            s += bias[0, r]
-        if accumulate:
-            s += y[b, r]
-        y[b, r] = s
+        _finish(y, b, r, _dot(v, x[b]), bias, has_bias, accumulate)
 
 
 @njit(cache=True)
@@ -273,6 +372,17 @@ def _rows(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf):
         wf = w.view(np.float32)                     # once per call: a view per row costs ~15 ns
         for r in range(r0, r1):
             _out(wf[r], x, y, r, bias, has_bias, accumulate)
+    elif qt == Q8_0 and x.shape[0] == 1:         # decode: fused row . x, no scratch
+        for r in range(r0, r1):
+            _finish(y, 0, r, _fdot_q8_0(w[r], x, 0), bias, has_bias, accumulate)
+    elif qt == Q4_K and x.shape[0] == 1:
+        nsb = x.shape[1] // 32                      # sub-blocks: scales, mins, x sums in buf
+        asc, msc, xs = buf[:nsb], buf[nsb:2 * nsb], buf[2 * nsb:3 * nsb]
+        for i in range(nsb):
+            xs[i] = _dot(x[0, 32 * i:32 * i + 32], _ONES32)
+        for r in range(r0, r1):
+            _k_scales(w[r], 144, asc, msc)
+            _finish(y, 0, r, _fdot_q4_k(w[r], x, 0, asc) - _dot(msc, xs), bias, has_bias, accumulate)
     elif qt == Q4_K:
         for r in range(r0, r1):
             _row_q45_k(w[r], buf, False)
@@ -319,6 +429,8 @@ def _matvec_parallel(qt, w, x, y, bias, has_bias, accumulate, chunk):
 def matvec(qt, w, x, y, bias, has_bias, accumulate):
     """y (B, rows) [+]= x (B, cols) @ W.T [+ bias]: validated arrays (matvec.check_matvec), w uint8."""
     rows = w.shape[0]
+    if not x.flags.c_contiguous:                    # the fused kernels read x through a flat pointer
+        x = np.ascontiguousarray(x)
     threads = numba.get_num_threads()
     if threads == 1 or w.nbytes * x.shape[0] < PAR_MIN_BYTES or rows < 2 * threads:
         _matvec_serial(qt, w, x, y, bias, has_bias, accumulate)
