@@ -210,6 +210,33 @@ def _fdot_q4_k(typingctx, row, x, xoff, asc):
     return types.float32(row, x, xoff, asc), codegen
 
 
+@intrinsic
+def _fdot_q6_k(typingctx, row, x, xoff, asc):
+    """sum over 16-element groups g of asc[g] * (q_g . x_g) for a Q6_K row (asc[g] = d * scales[g])."""
+    def codegen(context, builder, sig, args):
+        sc = context.make_array(sig.args[3])(context, builder, args[3]).data
+        v8 = ir.VectorType(ir.IntType(8), 16)
+        c8 = lambda b, v: _splat(b, ir.Constant(ir.IntType(8), v))      # noqa: E731
+
+        def body(b, k, acc, w, xp):
+            o = b.mul(k, _c(210, k))
+            for h in range(2):
+                for j in range(4):
+                    for half in range(2):
+                        g = 8 * h + 2 * j + half
+                        ql = _vload(b, w, b.add(o, _c(64 * h + 32 * (j & 1) + 16 * half, o)), v8, 1)
+                        qh = _vload(b, w, b.add(o, _c(128 + 32 * h + 16 * half, o)), v8, 1)
+                        lo = b.and_(b.lshr(ql, c8(b, 4 * (j >> 1))), c8(b, 15))
+                        hi = b.shl(b.and_(b.lshr(qh, c8(b, 2 * j)), c8(b, 3)), c8(b, 4))
+                        q = b.sitofp(b.sub(b.or_(lo, hi), c8(b, 32)), _V16F)
+                        xv = _vload(b, xp, b.add(b.mul(k, _c(256, k)), _c(16 * g, k)), _V16F, 4)
+                        a = b.load(b.gep(sc, [b.add(b.mul(k, _c(16, k)), _c(g, k))]))
+                        acc = _vfma(b, _splat(b, a), b.fmul(q, xv), acc)
+            return acc
+        return _row_loop(context, builder, sig, args, 210, body)
+    return types.float32(row, x, xoff, asc), codegen
+
+
 # ---------------------------------------------------------------- scalar helpers
 
 @njit(cache=True)
@@ -318,6 +345,17 @@ def _k_scales(row, size, asc, msc):
 
 
 @njit(cache=True)
+def _q6_scales(row, asc):
+    """d * scales[g] of every 16-element group of a Q6_K row -> asc."""
+    for k in range(row.shape[0] // 210):
+        o = 210 * k
+        d = _h2f(row, o + 208)
+        for g in range(16):
+            sc = np.int32(row[o + 192 + g])
+            asc[16 * k + g] = d * np.float32(sc - ((sc & 0x80) << 1))
+
+
+@njit(cache=True)
 def _decode_row(qt, row, buf):
     """Row bytes (uint8) -> buf float32 (cols,). Not for F32 (see _rows, embedding)."""
     if qt == Q4_K:
@@ -383,6 +421,10 @@ def _rows(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf):
         for r in range(r0, r1):
             _k_scales(w[r], 144, asc, msc)
             _finish(y, 0, r, _fdot_q4_k(w[r], x, 0, asc) - _dot(msc, xs), bias, has_bias, accumulate)
+    elif qt == Q6_K and x.shape[0] == 1:
+        for r in range(r0, r1):
+            _q6_scales(w[r], buf)
+            _finish(y, 0, r, _fdot_q6_k(w[r], x, 0, buf), bias, has_bias, accumulate)
     elif qt == Q4_K:
         for r in range(r0, r1):
             _row_q45_k(w[r], buf, False)
