@@ -97,3 +97,11 @@ def test_embedding_rejects_strided_out(rng):
     out = np.empty((2, 64), np.float32)[:, ::2]
     with pytest.raises(ValueError, match="out: must be C-contiguous"):
         emb.embedding_cpu(raw, "Q8_0", np.zeros(2, np.int32), out)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_matvec_long_rows_b1(rng, close, name):
+    """B = 1 on rows of FUSED_MIN_COLS+ elements: the fused decode+dot path (Q8_0, Q4_K, Q6_K)."""
+    cols = _cols(name, -(-mvc.FUSED_MIN_COLS // _cols(name)) + 1)
+    for bias, accumulate in ((False, False), (True, True)):
+        _run(rng, close, name, 7, cols, 1, bias, accumulate)
