@@ -2,15 +2,19 @@
 
 w: uint8 (rows, bytes_per_row), the tensor's GGUF bytes. Each weight row is
 decoded ONCE into a float32 scratch of cols elements (F32 rows are not
-decoded at all: the row's bytes are viewed as float32), with loops of 16-32
-independent elements that LLVM vectorises; the scratch (in L1) is then dotted
-with each of the B rows of x. Values are bit-identical to
-quant_reference.dequantize_rows (same float32 operation order, no fastmath in
-the decoders); only the dot products reassociate (see _dot).
+decoded at all: the row's bytes are viewed as float32) by 16-wide LLVM vector
+steps (intrinsics below: numba's own loops over 32-element blocks do not
+vectorise); the scratch (in L1) is then dotted with each of the B rows of x.
+Decoded values are bit-identical to quant_reference.dequantize_rows (same
+float32 operation order, no fastmath in the decoders); only the dot products
+reassociate (see _dot). Decode steps (B = 1) of Q8_0 / Q4_K / Q6_K rows of
+FUSED_MIN_COLS+ elements fuse decode and dot in one pass (_fdot_*), block
+scales applied once per 16-32 products: equal up to float32 reassociation.
 
 Every njit function of this module is cached on disk; numba keys the cache on
-this file's content, so the kernels and every helper they call stay in this
-one file (an edited helper in another file would be served stale).
+this file's content, so the kernels and every helper and intrinsic they call
+stay in this one file (an edited helper in another file would be served stale).
+That is why this module is longer than the ~200 lines of the other kernels.
 
 The launchers (matvec.matvec_cpu, embedding.embedding_cpu) validate and call
 `matvec` / `embedding` here; the matvec runs serially below PAR_MIN_BYTES of
