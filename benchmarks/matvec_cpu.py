@@ -21,7 +21,6 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import argparse      # noqa: E402
 import re            # noqa: E402
 import resource      # noqa: E402
-import shutil        # noqa: E402
 import subprocess    # noqa: E402
 import sys           # noqa: E402
 import time          # noqa: E402
@@ -29,6 +28,7 @@ import time          # noqa: E402
 import numba         # noqa: E402
 import numpy as np   # noqa: E402
 
+_HERE = os.path.dirname(os.path.abspath(__file__))   # subprocess cwd: the package as this process imports it
 NAMES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"]
 SHAPES = {"default attn 256x256": (256, 256), "default ffn_up 768x256": (768, 256),
           "default ffn_down 256x768": (256, 768), "default output 32000x256": (32000, 256),
@@ -84,17 +84,17 @@ def bench_compile(names):
             "    emb.embedding_cpu(r, n, np.zeros(2, np.int32), np.zeros((2, 256), np.float32))\n"
             "print(f'{time.perf_counter()-t:.1f} s wall, {time.process_time()-c:.1f} s CPU')\n")
     for label in ("cold (empty cache)", "warm (from cache)"):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=_HERE)
         print(f"compile+first calls, all of {len(names)} formats, {label}: {out.stdout.strip()}")
 
 
 def _generate_cpu_s(n_tokens, threads):
     """(CPU seconds of a `llcuda-mpi generate` child process, its tok/s line)."""
-    exe = shutil.which("llcuda-mpi") or "llcuda-mpi"
     env = dict(os.environ, NUMBA_NUM_THREADS=str(threads))
-    cmd = [exe, "generate", "-p", "Hello", "-n", str(n_tokens), "--device", "cpu", "--ignore-eos"]
+    cmd = [sys.executable, "-m", "llcuda_mpi", "generate", "-p", "Hello", "-n", str(n_tokens),
+           "--device", "cpu", "--ignore-eos"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True, cwd=_HERE)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     line = [s for s in (out.stdout + out.stderr).splitlines() if "tok/s" in s]
@@ -108,7 +108,7 @@ def bench_generate(threads, short=64, long=320):
     c_short, _ = _generate_cpu_s(short, threads)
     c_long, line = _generate_cpu_s(long, threads)
     per_tok = (c_long - c_short) / (long - short)
-    print(f"llcuda-mpi generate -p Hello --device cpu --ignore-eos, NUMBA_NUM_THREADS={threads}: "
+    print(f"python -m llcuda_mpi generate -p Hello --device cpu --ignore-eos, NUMBA_NUM_THREADS={threads}: "
           f"{per_tok * 1e3:.2f} ms CPU per decoded token = {1 / per_tok:.0f} tok/s per CPU-second "
           f"(-n {long} minus -n {short}); CLI (wall): {line.strip()}")
 
@@ -124,7 +124,8 @@ def main():
     ap.add_argument("--generate", action="store_true", help="also: decode CPU ms/token of llcuda-mpi generate")
     args = ap.parse_args()
     numba.set_num_threads(args.threads)
-    print(f"load average {os.getloadavg()}")
+    from llcuda_mpi.kernels import matvec_cpu
+    print(f"load average {os.getloadavg()}; kernels from {matvec_cpu.__file__}")
     if args.compile:
         bench_compile(args.formats)
     shapes = {k: v for k, v in SHAPES.items() if re.search(args.shapes, k)}
