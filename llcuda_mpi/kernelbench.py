@@ -145,11 +145,9 @@ def run(args):
             rows = [dict(r, rank=ctx.rank, device=str(device)) for r in measure(device, types, shapes, batches, args.reps)]
     except (ValueError, mpi.DeviceError) as exc:
         error = str(exc)
-    errors = ctx.world.allgather(error)
+    failed = mpi.agree(ctx, error, "kernels")
     gathered = ctx.world.gather(rows, root=0)
-    if any(errors):
-        if ctx.is_master:
-            print(f"llcuda-mpi kernels: error: {next(e for e in errors if e)}", file=sys.stderr)
+    if failed:
         return 2
     if ctx.is_master:
         rows = [r for part in gathered for r in part]

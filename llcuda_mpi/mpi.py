@@ -109,6 +109,16 @@ def init(abort_on_exception: bool = True, comm: MPI.Comm | None = None) -> Conte
     )
 
 
+def agree(ctx, error: str | None, job: str) -> bool:
+    """Collective: True on every rank if any rank had an error; rank 0 prints them all, one line each."""
+    errors = ctx.world.allgather(error)
+    failed = [(rank, e) for rank, e in enumerate(errors) if e]
+    if failed and ctx.is_master:
+        for rank, e in failed:
+            print(f"llcuda-mpi {job}: error: {'' if rank == 0 else f'rank {rank}: '}{e}", file=sys.stderr)
+    return bool(failed)
+
+
 def need_workers_message(job: str, size: int) -> str | None:
     """The one-line error for a job started with too few ranks, else None."""
     if size >= 2:

@@ -53,16 +53,6 @@ def build_requests(cfg: BenchConfig) -> tuple[list[Request], list[float]]:
     return requests, arrival_times(n_measured, cfg.request_rate, cfg.burstiness, cfg.seed).tolist()
 
 
-def _agree(ctx, error: str | None) -> bool:
-    """Collective: True on every rank if any rank had an error (rank 0 prints them all)."""
-    errors = ctx.world.allgather(error)
-    failed = [(rank, e) for rank, e in enumerate(errors) if e]
-    if failed and ctx.is_master:
-        for rank, e in failed:
-            print(f"llcuda-mpi bench: error: {'' if rank == 0 else f'rank {rank}: '}{e}", file=sys.stderr)
-    return bool(failed)
-
-
 def default_output() -> str:
     return os.path.join("results", f"bench-{datetime.datetime.now():%Y%m%d-%H%M%S}.h5")
 
@@ -85,7 +75,7 @@ def run(args) -> int:
             requests, arrivals = build_requests(cfg)
     except (ValueError, PromptsError) as exc:
         error = str(exc)
-    if _agree(ctx, error):
+    if mpi.agree(ctx, error, "bench"):
         return 2
 
     # 2. device and backend on the workers
@@ -99,7 +89,7 @@ def run(args) -> int:
         except USER_ERRORS as exc:
             error = f"{ctx.host}: {type(exc).__name__}: {exc}" if isinstance(exc, RuntimeError) \
                 else f"{ctx.host}: {exc}"
-    failed = _agree(ctx, error)
+    failed = mpi.agree(ctx, error, "bench")
     info = {"rank": ctx.rank, "host": ctx.host, "device": str(device),
             "describe": backend.describe() if backend is not None else {}}
     infos = ctx.world.gather(info, root=0)
@@ -115,7 +105,7 @@ def run(args) -> int:
             writer = _open_writer(ctx, cfg, args, infos)
         except (OSError, ImportError) as exc:
             error = f"cannot write results: {exc}"
-    if _agree(ctx, error):
+    if mpi.agree(ctx, error, "bench"):
         if backend is not None:
             backend.close()
         return 2

@@ -119,16 +119,6 @@ def config_from_args(args) -> ServeConfig:
     return cfg
 
 
-def _agree(ctx, error: str | None) -> bool:
-    """Collective: True on every rank if any rank had an error (rank 0 prints them all)."""
-    errors = ctx.world.allgather(error)
-    failed = [(rank, e) for rank, e in enumerate(errors) if e]
-    if failed and ctx.is_master:
-        for rank, e in failed:
-            print(f"llcuda-mpi serve: error: {'' if rank == 0 else f'rank {rank}: '}{e}", file=sys.stderr)
-    return bool(failed)
-
-
 class Signals:
     """SIGTERM/SIGINT -> a flag the main loop reads (handlers run on the main thread)."""
 
@@ -172,7 +162,7 @@ def run(args) -> int:
         cfg = config_from_args(args)
     except ValueError as exc:
         error = str(exc)
-    if _agree(ctx, error):
+    if mpi.agree(ctx, error, "serve"):
         return 2
 
     # 2. backend + rank service (workers), gateway (rank 0)
@@ -195,7 +185,7 @@ def run(args) -> int:
     except USER_ERRORS as exc:
         where = f"{cfg.host}:{cfg.port}" if ctx.is_master else ctx.host
         error = f"{where}: {type(exc).__name__}: {exc}" if isinstance(exc, RuntimeError) else f"{where}: {exc}"
-    failed = _agree(ctx, error)
+    failed = mpi.agree(ctx, error, "serve")
     info = {"rank": ctx.rank, "host": ctx.host, "device": str(device), "address": address,
             "describe": backend.describe() if backend is not None else {}}
     infos = ctx.world.gather(info, root=0)
