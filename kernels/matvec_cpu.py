@@ -7,7 +7,7 @@ steps (intrinsics below: numba's own loops over 32-element blocks do not
 vectorise); the scratch (in L1) is then dotted with each of the B rows of x.
 Decoded values are bit-identical to quant_reference.dequantize_rows (same
 float32 operation order, no fastmath in the decoders); only the dot products
-reassociate (see _dot). Decode steps (B = 1) of Q8_0 / Q4_K / Q6_K rows of
+reassociate (see _dot). Decode steps (B = 1) of Q8_0 / Q4_K / Q5_K / Q6_K rows of
 FUSED_MIN_COLS+ elements fuse decode and dot in one pass (_fdot_*), block
 scales applied once per 16-32 products: equal up to float32 reassociation.
 
@@ -32,7 +32,7 @@ from .quant_blocks import BF16, F16, F32, Q4_0, Q4_K, Q5_K, Q6_K, Q8_0
 
 PAR_MIN_BYTES = 1 << 19      # weight bytes x B below which the matvec runs on one thread
 CHUNKS_PER_THREAD = 4        # row chunks per thread in the parallel matvec (one scratch per chunk)
-FUSED_MIN_COLS = 1024        # B = 1 rows at least this long use the fused decode+dot (Q8_0, Q4_K, Q6_K):
+FUSED_MIN_COLS = 1024        # B = 1 rows at least this long use the fused decode+dot (Q8_0, Q4_K, Q5_K, Q6_K):
                              # measured faster on long rows, slower on 256-element rows (per-row cost)
 _ONES32 = np.ones(32, np.float32)
 
@@ -195,29 +195,49 @@ def _fdot_q8_0(typingctx, row, x, xoff):
     return types.float32(row, x, xoff), codegen
 
 
-@intrinsic
-def _fdot_q4_k(typingctx, row, x, xoff, asc):
-    """sum over sub-blocks s of asc[s] * (q_s . x_s) for a Q4_K row (the dmin*m terms are the caller's)."""
+def _k_codegen(size, qoff, five):
+    """Codegen of the Q4_K (five=False) / Q5_K fused dot: sum over sub-blocks s of asc[s] * (q_s . x_s)
+    (the dmin*m terms are the caller's). Sub-blocks 2p, 2p+1 = low, high nibbles of qs[32p:32p+32];
+    Q5_K's 5th bit of element l of sub-block s = bit s of qh[l] (qh at byte 16)."""
     def codegen(context, builder, sig, args):
         sc = context.make_array(sig.args[3])(context, builder, args[3]).data
+        v8 = ir.VectorType(ir.IntType(8), 16)
+        c8 = lambda b, v: _splat(b, ir.Constant(ir.IntType(8), v))      # noqa: E731
 
         def body(b, k, acc, w, xp):
-            o = b.mul(k, _c(144, k))
+            o = b.mul(k, _c(size, k))
             for p in range(4):
                 t = [None, None]
                 for h in range(2):
-                    q = _vload(b, w, b.add(o, _c(16 + 32 * p + 16 * h, o)), ir.VectorType(ir.IntType(8), 16), 1)
-                    for n, qn in enumerate((b.and_(q, _splat(b, ir.Constant(ir.IntType(8), 15))),
-                                            b.lshr(q, _splat(b, ir.Constant(ir.IntType(8), 4))))):
+                    q = _vload(b, w, b.add(o, _c(qoff + 32 * p + 16 * h, o)), v8, 1)
+                    qs = [b.and_(q, c8(b, 15)), b.lshr(q, c8(b, 4))]
+                    if five:
+                        qh = _vload(b, w, b.add(o, _c(16 + 16 * h, o)), v8, 1)
+                        for n in range(2):
+                            bit = b.and_(b.lshr(qh, c8(b, 2 * p + n)), c8(b, 1))
+                            qs[n] = b.or_(qs[n], b.shl(bit, c8(b, 4)))
+                    for n in range(2):
                         xv = _vload(b, xp, b.add(b.mul(k, _c(256, k)), _c(64 * p + 32 * n + 16 * h, k)), _V16F, 4)
-                        qf = b.uitofp(qn, _V16F)
+                        qf = b.uitofp(qs[n], _V16F)
                         t[n] = b.fmul(qf, xv) if t[n] is None else _vfma(b, qf, xv, t[n])
                 for n in range(2):
                     a = b.load(b.gep(sc, [b.add(b.mul(k, _c(8, k)), _c(2 * p + n, k))]))
                     acc = _vfma(b, _splat(b, a), t[n], acc)
             return acc
-        return _row_loop(context, builder, sig, args, 144, body)
-    return types.float32(row, x, xoff, asc), codegen
+        return _row_loop(context, builder, sig, args, size, body)
+    return codegen
+
+
+@intrinsic
+def _fdot_q4_k(typingctx, row, x, xoff, asc):
+    """Q4_K row . x without the mins (see _k_codegen)."""
+    return types.float32(row, x, xoff, asc), _k_codegen(144, 16, False)
+
+
+@intrinsic
+def _fdot_q5_k(typingctx, row, x, xoff, asc):
+    """Q5_K row . x without the mins (see _k_codegen)."""
+    return types.float32(row, x, xoff, asc), _k_codegen(176, 48, True)
 
 
 @intrinsic
@@ -458,7 +478,7 @@ def _rows_decoded(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf):
 
 @njit(cache=True)
 def _rows_fused(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf):
-    """B = 1, Q8_0 / Q4_K / Q6_K: y[0, r0:r1] [+]= W[r0:r1] . x[0] [+ bias], decode fused into the dot
+    """B = 1, Q8_0 / Q4_K / Q5_K / Q6_K: y[0, r0:r1] [+]= W[r0:r1] . x[0] [+ bias], decode fused into the dot
     (a function of its own: inlined into _rows_decoded, these unrolled loops crowd out the
     inlining there and slow the other formats ~1.5x)."""
     if qt == Q8_0:
@@ -472,6 +492,14 @@ def _rows_fused(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf):
         for r in range(r0, r1):
             _k_scales(w[r], 144, asc, msc)
             _finish(y, 0, r, _fdot_q4_k(w[r], x, 0, asc) - _dot(msc, xs), bias, has_bias, accumulate)
+    elif qt == Q5_K:
+        nsb = x.shape[1] // 32
+        asc, msc, xs = buf[:nsb], buf[nsb:2 * nsb], buf[2 * nsb:3 * nsb]
+        for i in range(nsb):
+            xs[i] = _dot(x[0, 32 * i:32 * i + 32], _ONES32)
+        for r in range(r0, r1):
+            _k_scales(w[r], 176, asc, msc)
+            _finish(y, 0, r, _fdot_q5_k(w[r], x, 0, asc) - _dot(msc, xs), bias, has_bias, accumulate)
     elif qt == Q6_K:
         for r in range(r0, r1):
             _q6_scales(w[r], buf)
@@ -481,7 +509,7 @@ def _rows_fused(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf):
 @njit(cache=True)
 def _rows(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf):
     """y[:, r0:r1] [+]= x @ W[r0:r1].T [+ bias]."""
-    if x.shape[0] == 1 and x.shape[1] >= FUSED_MIN_COLS and (qt == Q8_0 or qt == Q4_K or qt == Q6_K):
+    if x.shape[0] == 1 and x.shape[1] >= FUSED_MIN_COLS and (qt == Q8_0 or qt == Q4_K or qt == Q5_K or qt == Q6_K):
         _rows_fused(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf)
     else:
         _rows_decoded(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf)
