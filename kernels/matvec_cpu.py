@@ -7,8 +7,8 @@ steps (intrinsics below: numba's own loops over 32-element blocks do not
 vectorise); the scratch (in L1) is then dotted with each of the B rows of x.
 Decoded values are bit-identical to quant_reference.dequantize_rows (same
 float32 operation order, no fastmath in the decoders); only the dot products
-reassociate (see _dot). Decode steps (B = 1) of Q8_0 / Q4_K / Q5_K / Q6_K rows of
-FUSED_MIN_COLS+ elements fuse decode and dot in one pass (_fdot_*), block
+reassociate (see _dot). Decode steps (B = 1) of K-quant rows and of Q8_0 / Q4_0
+rows of FUSED_MIN_COLS+ elements fuse decode and dot in one pass (_fdot_*), block
 scales applied once per 16-32 products: equal up to float32 reassociation.
 
 Every njit function of this module is cached on disk; numba keys the cache on
@@ -32,8 +32,8 @@ from .quant_blocks import BF16, F16, F32, Q4_0, Q4_K, Q5_K, Q6_K, Q8_0
 
 PAR_MIN_BYTES = 1 << 19      # weight bytes x B below which the matvec runs on one thread
 CHUNKS_PER_THREAD = 4        # row chunks per thread in the parallel matvec (one scratch per chunk)
-FUSED_MIN_COLS = 1024        # B = 1 rows at least this long use the fused decode+dot (Q8_0, Q4_K, Q5_K, Q6_K):
-                             # measured faster on long rows, slower on 256-element rows (per-row cost)
+FUSED_MIN_COLS = 1024        # B = 1: K-quant rows always use the fused decode+dot, Q8_0/Q4_0 rows from
+                             # this length (1.1-1.4x on 2048; 0.65-0.8x on 256: one short accumulator chain)
 _ONES32 = np.ones(32, np.float32)
 
 
@@ -192,6 +192,27 @@ def _fdot_q8_0(typingctx, row, x, xoff):
                 t = b.fmul(q, xv) if t is None else _vfma(b, q, xv, t)
             return _vfma(b, _splat(b, d), t, acc)
         return _row_loop(context, builder, sig, args, 34, body)
+    return types.float32(row, x, xoff), codegen
+
+
+@intrinsic
+def _fdot_q4_0(typingctx, row, x, xoff):
+    """Q4_0 row . x[flat xoff : flat xoff + cols]: sum_k d_k * sum_j (nibble_kj - 8) x_kj."""
+    def codegen(context, builder, sig, args):
+        v8 = ir.VectorType(ir.IntType(8), 16)
+        c8 = lambda b, v: _splat(b, ir.Constant(ir.IntType(8), v))      # noqa: E731
+
+        def body(b, k, acc, w, xp):
+            o = b.mul(k, _c(18, k))
+            d = b.fpext(b.bitcast(_vload(b, w, o, ir.IntType(16), 1), ir.HalfType()), ir.FloatType())
+            q = _vload(b, w, b.add(o, _c(2, o)), v8, 1)
+            t = None
+            for n, qn in enumerate((b.and_(q, c8(b, 15)), b.lshr(q, c8(b, 4)))):
+                qf = b.sitofp(b.sub(qn, c8(b, 8)), _V16F)
+                xv = _vload(b, xp, b.add(b.mul(k, _c(32, k)), _c(16 * n, k)), _V16F, 4)
+                t = b.fmul(qf, xv) if t is None else _vfma(b, qf, xv, t)
+            return _vfma(b, _splat(b, d), t, acc)
+        return _row_loop(context, builder, sig, args, 18, body)
     return types.float32(row, x, xoff), codegen
 
 
@@ -478,12 +499,15 @@ def _rows_decoded(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf):
 
 @njit(cache=True)
 def _rows_fused(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf):
-    """B = 1, Q8_0 / Q4_K / Q5_K / Q6_K: y[0, r0:r1] [+]= W[r0:r1] . x[0] [+ bias], decode fused into the dot
+    """B = 1, Q8_0 / Q4_0 / Q4_K / Q5_K / Q6_K: y[0, r0:r1] [+]= W[r0:r1] . x[0] [+ bias], decode fused into the dot
     (a function of its own: inlined into _rows_decoded, these unrolled loops crowd out the
     inlining there and slow the other formats ~1.5x)."""
     if qt == Q8_0:
         for r in range(r0, r1):
             _finish(y, 0, r, _fdot_q8_0(w[r], x, 0), bias, has_bias, accumulate)
+    elif qt == Q4_0:
+        for r in range(r0, r1):
+            _finish(y, 0, r, _fdot_q4_0(w[r], x, 0), bias, has_bias, accumulate)
     elif qt == Q4_K:
         nsb = x.shape[1] // 32                      # sub-blocks: scales, mins, x sums in buf
         asc, msc, xs = buf[:nsb], buf[nsb:2 * nsb], buf[2 * nsb:3 * nsb]
@@ -509,7 +533,8 @@ def _rows_fused(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf):
 @njit(cache=True)
 def _rows(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf):
     """y[:, r0:r1] [+]= x @ W[r0:r1].T [+ bias]."""
-    if x.shape[0] == 1 and x.shape[1] >= FUSED_MIN_COLS and (qt == Q8_0 or qt == Q4_K or qt == Q5_K or qt == Q6_K):
+    k_quant = qt == Q4_K or qt == Q5_K or qt == Q6_K
+    if x.shape[0] == 1 and (k_quant or (x.shape[1] >= FUSED_MIN_COLS and (qt == Q8_0 or qt == Q4_0))):
         _rows_fused(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf)
     else:
         _rows_decoded(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf)

@@ -101,7 +101,7 @@ def test_embedding_rejects_strided_out(rng):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_matvec_long_rows_b1(rng, close, name):
-    """B = 1 on rows of FUSED_MIN_COLS+ elements: the fused decode+dot path (Q8_0, Q4_K, Q5_K, Q6_K)."""
+    """B = 1 on rows of FUSED_MIN_COLS+ elements: the fused decode+dot path (all block formats)."""
     cols = _cols(name, -(-mvc.FUSED_MIN_COLS // _cols(name)) + 1)
     for bias, accumulate in ((False, False), (True, True)):
         _run(rng, close, name, 7, cols, 1, bias, accumulate)
