@@ -93,6 +93,7 @@ DET_CPUS=$(slurmd -C | sed -n 's/.* CPUs=\([0-9]*\).*/\1/p' | head -1)
 sed -e "s#@NODE@#$NODE#g" -e "s#@PREFIX@#$PREFIX#g" -e "s#@CPUS@#$CPUS#" -e "s#@MEM@#$MEM#" \
     -e "s#@CTLD_PORT@#$CTLD_PORT#" -e "s#@SLURMD_PORT@#$SLURMD_PORT#" \
     -e "s#@MPI_DEFAULT@#${LLCUDA_SLURM_MPI_DEFAULT:-none}#" -e "s#@KILLWAIT@#${LLCUDA_SLURM_KILLWAIT:-10}#" \
+    -e "s#@FIRST_JOB_ID@#${LLCUDA_SLURM_FIRST_JOB_ID:-$(( RANDOM * 1000 + RANDOM % 1000 + 100000 ))}#" \
     -e "s#@GRES_TYPES@#$GRES_TYPES#" -e "s#@GRES@#$GRES#" -e "s#@OVERRIDES@#$OVERRIDES#" \
     "$HERE/slurm.conf.template" > "$CONF"
 export SLURM_CONF=$CONF
