@@ -5,7 +5,14 @@ GGUF bytes viewed as int64 (every field of those blocks is 8-byte aligned).
 Q8_0 (34-byte blocks) and Q4_0 (18-byte blocks) are repacked once at load by
 `pack`: the same bytes reordered, quants (rows, cols or cols/2) in one array
 and the f16 scales (rows, blocks) in another, so quants are 8-byte aligned
-(no dequantised copy). Q5_K / Q6_K are not handled here (`pack` returns None).
+(no dequantised copy). Q6_K (210-byte blocks) is repacked the same way: ql|qh
+as int64 words, scales|d as bytes. Q5_K is not handled here (`pack` returns None).
+
+Fusions (compile-time variants of the one kernel, see `gemv_fused_cuda`):
+NORM stages x * rsqrt(mean(x^2) + eps) * w_norm in shared memory before the
+dot products (RMSNorm in the prologue); SPLIT writes rows [0, n1) to y,
+[n1, n1 + n2) to y2 and the rest to y3 (fused QKV); SWIGLU takes interleaved
+gate/up rows (2j = gate j, 2j + 1 = up j) and writes act(gate) * up to y.
 
 A "word" w of a row decodes to RUNS runs of RUN consecutive elements
 (columns c0.. and c1..). One warp per row, WARPS rows per block; lane l reads
@@ -15,6 +22,7 @@ Lane partials meet in shared memory (one code path for the simulator, which
 has no shuffles). The launcher never allocates, copies or synchronises.
 """
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,9 +35,15 @@ U = 4              # words per lane loaded before decoding
 MAX_B = 8          # batch rows one launch handles (more: kernels/gemm.py)
 NBS = (1, 2, 4, 8)  # compiled accumulator counts
 TWO112 = np.float32(2.0 ** 112)
+GELU_C = 0.7978845608028654  # sqrt(2 / pi)
 
 # kind -> (RUN, RUNS): elements per run, runs per word
-SHAPES = {"F32": (2, 1), "F16": (4, 1), "BF16": (4, 1), "Q8_0": (8, 1), "Q4_0": (8, 2), "Q4_K": (8, 2)}
+SHAPES = {"F32": (2, 1), "F16": (4, 1), "BF16": (4, 1), "Q8_0": (8, 1), "Q4_0": (8, 2), "Q4_K": (8, 2),
+          "Q6_K": (8, 2)}
+XS = 8192          # floats of shared memory for the NORM prologue's staged x (B * cols <= XS)
+TPBK = 32 * WARPS  # threads per block
+PLAIN, SPLIT, SWIGLU = 0, 1, 2     # epilogues
+SILU, GELU = 0, 1                  # SWIGLU activations (kernels/activations.py codes)
 
 
 @dataclass
@@ -59,7 +73,24 @@ def pack(raw, qtype):
         q = np.ascontiguousarray(blocks[:, :, 2:]).reshape(rows, nb * (fmt.type_size - 2))
         if q.shape[1] % 8 == 0:
             return Packed(fmt.name, q.view(np.int64), s, rows, cols, q.shape[1] // 8)
+    if fmt.name == "Q6_K":                         # ql[128] qh[64] scales[16] d[2] per 256 elements
+        nb = cols // 256
+        blocks = raw.reshape(rows, nb, 210)
+        q = np.ascontiguousarray(blocks[:, :, :192]).reshape(rows, nb * 192)
+        s = np.ascontiguousarray(blocks[:, :, 192:]).reshape(rows, nb * 18)
+        return Packed("Q6_K", q.view(np.int64), s, rows, cols, nb * 16)
     return None
+
+
+def fuse_rows(raws, interleave=False):
+    """Host raw rows of one type -> one array: stacked ([a; b; c]) or interleaved (a0, b0, a1, b1, ...)."""
+    raws = [np.ascontiguousarray(r).view(np.uint8) for r in raws]
+    if interleave:
+        out = np.empty((sum(r.shape[0] for r in raws), raws[0].shape[1]), np.uint8)
+        for j, r in enumerate(raws):
+            out[j::len(raws)] = r
+        return out
+    return np.concatenate(raws, axis=0)
 
 
 def to_device(p, upload):
@@ -188,15 +219,59 @@ def dec_q4_k(w, q, s, row, i, vals):
     return c0, c0 + 32
 
 
-DECODE = {"F32": (dec_f32, widx_plain), "F16": (dec_f16, widx_plain), "BF16": (dec_bf16, widx_plain),
+@cuda.jit(device=True)
+def widx_q6_k(i):
+    return (i >> 4) * 24 + (i & 15)          # 24 words per block: 16 of ql, 8 of qh
+
+
+@cuda.jit(device=True)
+def i8(v):
+    return v - 256 if v >= 128 else v
+
+
+@cuda.jit(device=True)
+def dec_q6_k(w, q, s, row, i, vals):
+    # ql word k = i & 15 of block b: bytes 64h + 32e + l0 + j (h = k >> 3, e = (k >> 2) & 1, l0 = 8 (k & 3));
+    # low nibbles -> elements 128h + 32e + l0 + j (qh bits 2e), high -> +64 (qh bits 4 + 2e)
+    b = i >> 4
+    k = i & 15
+    h = k >> 3
+    e = (k >> 2) & 1
+    l4 = k & 3
+    qh = q[row, 24 * b + 16 + 4 * h + l4]
+    base = 18 * b
+    d = h2f(np.int32(s[row, base + 16]) | (np.int32(s[row, base + 17]) << 8))
+    sb = base + 8 * h + (l4 >> 1) + 2 * e
+    d1 = d * np.float32(i8(np.int32(s[row, sb])))
+    d2 = d * np.float32(i8(np.int32(s[row, sb + 4])))
+    sh1 = 2 * e
+    sh2 = 4 + 2 * e
+    for j in range(8):
+        byte = (w >> (8 * j)) & 0xFF
+        hb = (qh >> (8 * j)) & 0xFF
+        vals[j] = d1 * np.float32(((byte & 0xF) | (((hb >> sh1) & 3) << 4)) - 32)
+        vals[8 + j] = d2 * np.float32(((byte >> 4) | (((hb >> sh2) & 3) << 4)) - 32)
+    c0 = 256 * b + 128 * h + 32 * e + 8 * l4
+    return c0, c0 + 64
+
+
+DECODE = {"Q6_K": (dec_q6_k, widx_q6_k), "F32": (dec_f32, widx_plain), "F16": (dec_f16, widx_plain), "BF16": (dec_bf16, widx_plain),
           "Q8_0": (dec_q8_0, widx_plain), "Q4_0": (dec_q4_0, widx_plain), "Q4_K": (dec_q4_k, widx_q4_k)}
 
 
 # ---------------------------------------------------------------- kernel
 
-def _make_kernel(kind, NB):
+@cuda.jit(device=True)
+def act(g, code):
+    if code == SILU:
+        return g / (float32(1.0) + math.exp(-g))
+    return float32(0.5) * g * (float32(1.0) + math.tanh(float32(GELU_C) * (g + float32(0.044715) * g * g * g)))
+
+
+def _make_kernel(kind, NB, NORM, EPI, ACT):
     dec, widx = DECODE[kind]
     RUN, RUNS = SHAPES[kind]
+    XC = XS // NB                      # staged columns per batch row (NORM)
 
     @cuda.jit(device=True)
     def fma_word(w, q, s, row, i, x, nb, vals, acc):
@@ -211,18 +286,8 @@ def _make_kernel(kind, NB):
                         t += vals[8 + j] * x[b, c1 + j]
                 acc[b] += t
 
-    @cuda.jit
-    def gemv_kernel(q, s, x, y, bias, has_bias, accumulate, nw):
-        lane = cuda.threadIdx.x
-        wy = cuda.threadIdx.y
-        row = cuda.blockIdx.x * WARPS + wy
-        nb = x.shape[0]
-        live = row < y.shape[1]            # no early return: all threads reach syncthreads
-        vals = cuda.local.array(16, float32)
-        acc = cuda.local.array(NB, float32)
-        part = cuda.shared.array((NB, WARPS, 33), float32)
-        for b in range(NB):
-            acc[b] = float32(0.0)
+    @cuda.jit(device=True)
+    def dot_rows(q, s, x, row, lane, nw, nb, vals, acc, live):
         if live:
             for i0 in range(lane, nw, 32 * U):
                 i1 = i0 + 32
@@ -239,18 +304,76 @@ def _make_kernel(kind, NB):
                     fma_word(w2, q, s, row, i2, x, nb, vals, acc)
                 if i3 < nw:
                     fma_word(w3, q, s, row, i3, x, nb, vals, acc)
+
+    @cuda.jit
+    def gemv_kernel(q, s, x, y, y2, y3, bias, has_bias, accumulate, nw, rows, n1, n2, nrm, eps):
+        lane = cuda.threadIdx.x
+        wy = cuda.threadIdx.y
+        tid = wy * 32 + lane
+        row = cuda.blockIdx.x * WARPS + wy
+        nb = x.shape[0]
+        live = row < rows                  # no early return: all threads reach syncthreads
+        vals = cuda.local.array(16, float32)
+        acc = cuda.local.array(NB, float32)
+        part = cuda.shared.array((NB, WARPS, 33), float32)
+        for b in range(NB):
+            acc[b] = float32(0.0)
+        if NORM:
+            # RMSNorm prologue: xs[b] = x[b] * inv_rms(x[b]) * nrm, staged in shared memory
+            xs = cuda.shared.array((NB, XC), float32)
+            red = cuda.shared.array(TPBK, float32)
+            ncol = x.shape[1]
+            for b in range(NB):
+                ss = float32(0.0)
+                if b < nb:
+                    for c in range(tid, ncol, TPBK):
+                        v = x[b, c]
+                        ss += v * v
+                red[tid] = ss
+                cuda.syncthreads()
+                st = TPBK // 2
+                while st > 0:
+                    if tid < st:
+                        red[tid] += red[tid + st]
+                    cuda.syncthreads()
+                    st //= 2
+                inv = float32(1.0) / math.sqrt(red[0] / float32(ncol) + eps)
+                cuda.syncthreads()         # red[0] read by all before the next row reuses red
+                if b < nb:
+                    for c in range(tid, ncol, TPBK):
+                        xs[b, c] = x[b, c] * inv * nrm[c]
+            cuda.syncthreads()             # xs complete
+            dot_rows(q, s, xs, row, lane, nw, nb, vals, acc, live)
+        else:
+            dot_rows(q, s, x, row, lane, nw, nb, vals, acc, live)
         for b in range(NB):
             part[b, wy, lane] = acc[b]
         cuda.syncthreads()
-        if live and lane < nb:
+        if lane < nb:
             v = float32(0.0)
             for k in range(32):
                 v += part[lane, wy, k]
-            if has_bias:
+            if has_bias and live:
                 v += bias[0, row]
-            if accumulate:
-                v += y[lane, row]
-            y[lane, row] = v
+            if EPI == SWIGLU:
+                part[lane, wy, 32] = v     # column 32 is free: the warp's row result
+            elif live:
+                if EPI == SPLIT and row >= n1:
+                    if row < n1 + n2:
+                        y2[lane, row - n1] = v
+                    else:
+                        y3[lane, row - n1 - n2] = v
+                else:
+                    if accumulate:
+                        v += y[lane, row]
+                    y[lane, row] = v
+        if EPI == SWIGLU:
+            cuda.syncthreads()             # every warp's row result is in part[:, :, 32]
+            if wy % 2 == 0 and lane < nb and live:
+                v = act(part[lane, wy, 32], ACT) * part[lane, wy + 1, 32]
+                if accumulate:
+                    v += y[lane, row // 2]
+                y[lane, row // 2] = v
 
     return gemv_kernel
 
@@ -258,28 +381,74 @@ def _make_kernel(kind, NB):
 _KERNELS = {}
 
 
-def _kernel(kind, nb):
+def _kernel(kind, nb, norm=False, epi=PLAIN, act_code=SILU):
     NB = next(n for n in NBS if n >= nb)
-    if (kind, NB) not in _KERNELS:
-        _KERNELS[kind, NB] = _make_kernel(kind, NB)
-    return _KERNELS[kind, NB]
+    key = kind, NB, bool(norm), epi, act_code
+    if key not in _KERNELS:
+        _KERNELS[key] = _make_kernel(*key)
+    return _KERNELS[key]
 
 
 def _as_2d(a):
     return a.reshape(1, a.shape[0]) if len(a.shape) == 1 else a
 
 
+def norm_fits(B, cols):
+    """Whether the NORM prologue can stage B rows of cols floats in shared memory."""
+    return 1 <= B <= MAX_B and B * cols <= XS and cols <= XS // next(n for n in NBS if n >= B)
+
+
+def _check_xy(p, x2, ys, B):
+    if not 1 <= B <= MAX_B:
+        raise ValueError(f"gemv: batch {B} outside 1..{MAX_B} (use kernels.gemm)")
+    if x2.shape[1] != p.cols or any(y.shape[0] != B for y in ys):
+        raise ValueError(f"gemv: x {tuple(x2.shape)} / y {[tuple(y.shape) for y in ys]} do not fit the "
+                         f"{p.kind} weight {p.rows}x{p.cols} at batch {B}")
+    if any(np.dtype(a.dtype) != np.float32 for a in (x2, *ys)):
+        raise ValueError("gemv: x and y must be float32")
+
+
 def gemv_cuda(p, x, y, bias=None, accumulate=False, stream=0):
     """y (B, rows) [+]= x (B, cols) @ W.T [+ bias]; p: Packed of device arrays; B <= MAX_B."""
     x2, y2 = _as_2d(x), _as_2d(y)
     B = x2.shape[0]
-    if not 1 <= B <= MAX_B:
-        raise ValueError(f"gemv: batch {B} outside 1..{MAX_B} (use kernels.gemm)")
-    if x2.shape[1] != p.cols or tuple(y2.shape) != (B, p.rows):
-        raise ValueError(f"gemv: x {tuple(x2.shape)} / y {tuple(y2.shape)} do not fit the "
-                         f"{p.kind} weight {p.rows}x{p.cols}")
-    if np.dtype(x2.dtype) != np.float32 or np.dtype(y2.dtype) != np.float32:
-        raise ValueError("gemv: x and y must be float32")
+    _check_xy(p, x2, [y2], B)
+    if y2.shape[1] != p.rows:
+        raise ValueError(f"gemv: y {tuple(y2.shape)} does not fit the {p.kind} weight {p.rows}x{p.cols}")
     b = y2 if bias is None else bias.reshape(1, p.rows)
     grid = ((p.rows + WARPS - 1) // WARPS,)
-    _kernel(p.kind, B)[grid, (32, WARPS), stream](p.q, p.s, x2, y2, b, bias is not None, bool(accumulate), p.nw)
+    _kernel(p.kind, B)[grid, (32, WARPS), stream](p.q, p.s, x2, y2, y2, y2, b, bias is not None,
+                                                  bool(accumulate), p.nw, p.rows, p.rows, 0, x2, np.float32(0))
+
+
+def gemv_fused_cuda(p, x, ys, norm=None, eps=0.0, bias=None, swiglu=None, accumulate=False, stream=0):
+    """One launch of the fused variants (all device arrays, no sync, no allocation).
+
+    ys: [y] or [y1, y2, y3] (SPLIT: consecutive row ranges of W, widths y_i.shape[1]);
+    norm: (cols,) RMSNorm weight applied to x first (needs norm_fits(B, cols));
+    swiglu: "silu" / "gelu": W's rows are interleaved gate/up, y (B, rows / 2) = act(gate) * up.
+    """
+    x2 = _as_2d(x)
+    ys = [_as_2d(y) for y in ys]
+    B = x2.shape[0]
+    _check_xy(p, x2, ys, B)
+    widths = [y.shape[1] for y in ys]
+    if swiglu is not None:
+        epi, code = SWIGLU, {"silu": SILU, "gelu": GELU}[swiglu]
+        if len(ys) != 1 or p.rows != 2 * widths[0] or bias is not None:
+            raise ValueError(f"gemv swiglu: y {widths} must be half of the {p.rows} interleaved rows, no bias")
+    else:
+        epi, code = (SPLIT if len(ys) == 3 else PLAIN), SILU
+        if len(ys) not in (1, 3) or sum(widths) != p.rows:
+            raise ValueError(f"gemv: output widths {widths} do not add up to the weight's {p.rows} rows")
+    if norm is not None and (not norm_fits(B, p.cols) or norm.shape != (p.cols,)):
+        raise ValueError(f"gemv norm: {B} x {p.cols} does not fit the prologue (norm_fits) or norm "
+                         f"{tuple(norm.shape)} is not ({p.cols},)")
+    if epi == SPLIT and accumulate:
+        raise ValueError("gemv: accumulate is not supported with split outputs")
+    y1, y2, y3 = (ys * 3)[:3] if len(ys) == 1 else ys
+    b = y1 if bias is None else bias.reshape(1, p.rows)
+    grid = ((p.rows + WARPS - 1) // WARPS,)
+    _kernel(p.kind, B, norm is not None, epi, code)[grid, (32, WARPS), stream](
+        p.q, p.s, x2, y1, y2, y3, b, bias is not None, bool(accumulate), p.nw, p.rows,
+        widths[0], widths[1] if len(ys) == 3 else 0, x2[0] if norm is None else norm, np.float32(eps))

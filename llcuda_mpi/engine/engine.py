@@ -52,10 +52,12 @@ class Engine:
         ops.check_fits(c, self.n_slots, self.n_ctx, self.max_tokens, model)
         self.weights = load_weights(model, ops)
         self.state = alloc_state(c, ops, self.max_tokens, self.n_slots, self.n_slots, self.n_ctx)
-        self.host = {  # per-step inputs, staged on the host then uploaded together
-            "tokens": np.zeros(self.max_tokens, np.int32), "pos": np.zeros(self.max_tokens, np.int32),
-            "slot": np.zeros(self.max_tokens, np.int32), "out_rows": np.zeros(self.n_slots, np.int32),
-        }
+        if self.state.io is not None:     # per-step inputs staged straight into the ops' upload buffer
+            self.host = self.state.io.host
+        else:                             # staged on the host then copied together
+            self.host = {"tokens": np.zeros(self.max_tokens, np.int32), "pos": np.zeros(self.max_tokens, np.int32),
+                         "slot": np.zeros(self.max_tokens, np.int32), "out_rows": np.zeros(self.n_slots, np.int32)}
+        self.rows = np.zeros(self.n_slots, np.int32)    # slots of the sequences sampling this step
         self.sampling = ops.sampling_state(self.n_slots)
         self.waiting = deque()
         self.active = {}                  # slot -> Sequence
@@ -110,12 +112,14 @@ class Engine:
         if not self.active:
             return []
         h = self.host
+        tokens, pos, slot, out_rows, rows = h["tokens"], h["pos"], h["slot"], h["out_rows"], self.rows
         T = B = 0
         sampled = []                                  # sequences sampling this step, in out_rows order
         for seq in self.active.values():              # decode: one token each
             if seq.next_token >= 0:
-                h["tokens"][T], h["pos"][T], h["slot"][T] = seq.next_token, seq.n_past, seq.slot
-                h["out_rows"][B] = T
+                tokens[T], pos[T], slot[T] = seq.next_token, seq.n_past, seq.slot
+                out_rows[B], rows[B] = T, seq.slot
+                seq.n_past += 1
                 T, B = T + 1, B + 1
                 sampled.append(seq)
         budget = self.max_tokens - T
@@ -129,14 +133,10 @@ class Engine:
             seq.n_past += n
             T, budget = T + n, budget - n
             if seq.n_past == len(seq.prompt):         # prompt done: sample its first token
-                h["out_rows"][B] = T - 1
+                out_rows[B], rows[B] = T - 1, seq.slot
                 B += 1
                 sampled.append(seq)
-        for seq in sampled:
-            if seq.next_token >= 0:
-                seq.n_past += 1
-        rows = np.array([s.slot for s in sampled], np.int32)
-        ids = self.ops.step(self.cfg, self.weights, self.state, h, T, B, self.sampling, rows, forward)
+        ids = self.ops.step(self.cfg, self.weights, self.state, h, T, B, self.sampling, rows[:B], forward)
         self.steps += 1
         now = time.time()
         events = []

@@ -64,6 +64,7 @@ class RunState:
     logits: object       # (B, n_vocab)
     k_cache: list        # per layer (n_slots, n_ctx, n_head_kv, head_dim) float32
     v_cache: list
+    io: object = None    # CudaOps: the packed per-step input buffers (tokens..out_rows are views into it)
 
 
 def alloc_state(cfg, ops, max_tokens, max_rows, n_slots, n_ctx):
@@ -71,9 +72,10 @@ def alloc_state(cfg, ops, max_tokens, max_rows, n_slots, n_ctx):
     f32, i32 = np.float32, np.int32
     T, B, hd = max_tokens, max_rows, cfg.head_dim
     kv_shape = (n_slots, n_ctx, cfg.n_head_kv, hd)
+    inputs = ops.step_inputs(T, B)
     return RunState(
-        tokens=ops.zeros((T,), i32), pos=ops.zeros((T,), i32), slot=ops.zeros((T,), i32),
-        out_rows=ops.zeros((B,), i32),
+        tokens=inputs["tokens"], pos=inputs["pos"], slot=inputs["slot"], out_rows=inputs["out_rows"],
+        io=inputs["io"],
         x=ops.zeros((T, cfg.n_embd), f32), xb=ops.zeros((T, cfg.n_embd), f32),
         xb2=ops.zeros((T, cfg.n_embd), f32),
         q=ops.zeros((T, cfg.n_head, hd), f32), k=ops.zeros((T, cfg.n_head_kv, hd), f32),
@@ -101,17 +103,14 @@ def forward(cfg, w, s, ops, T, B):
 
     for layer, lw in enumerate(w.layers):
         # attention: x += Wo @ attention(rope(Wq xn), rope(Wk xn), Wv xn)
-        ops.rmsnorm(x, lw.attn_norm, eps, xb)
-        ops.matvec(lw.attn_q, xb, q2, bias=lw.attn_q_bias)           # (T, n_head*hd)
-        ops.matvec(lw.attn_k, xb, k2, bias=lw.attn_k_bias)           # (T, n_head_kv*hd)
-        ops.matvec(lw.attn_v, xb, v2, bias=lw.attn_v_bias)
+        ops.attn_in(lw, x, xb, q2, k2, v2, eps)                        # rmsnorm, Wq, Wk, Wv
         if cfg.qk_norm:
             ops.rmsnorm(ops.rows(q), lw.attn_q_norm, eps, ops.rows(q))   # per head
             ops.rmsnorm(ops.rows(k), lw.attn_k_norm, eps, ops.rows(k))
         swa = cfg.is_swa_layer(layer)
         base = cfg.rope_base_swa if swa else cfg.rope_base
-        ops.rope(q, k, pos, base, cfg.rope_neox, w.rope_freqs if not swa else None)
-        ops.kv_store(k, v, s.k_cache[layer], s.v_cache[layer], slot, pos)
+        ops.rope_kv_store(q, k, v, s.k_cache[layer], s.v_cache[layer], slot, pos,
+                          base, cfg.rope_neox, w.rope_freqs if not swa else None)
         ops.attention(q, s.k_cache[layer], s.v_cache[layer], slot, pos, att,
                       scale, cfg.sliding_window if swa else 0)
         if cfg.post_norms:
@@ -122,13 +121,7 @@ def forward(cfg, w, s, ops, T, B):
             ops.matvec(lw.attn_output, att2, x, accumulate=True)      # residual fused
 
         # feed-forward: x += W2 @ (act(W1 xn) * W3 xn)
-        ops.rmsnorm(x, lw.ffn_norm, eps, xb)
-        ops.matvec(lw.ffn_gate, xb, gate)                              # (T, n_ff)
-        ops.matvec(lw.ffn_up, xb, up)
-        if cfg.gelu:
-            ops.gelu_mul(gate, up, hb)
-        else:
-            ops.silu_mul(gate, up, hb)
+        ops.ffn_in(lw, x, xb, gate, up, hb, eps, cfg.gelu)              # rmsnorm, act(W1 xn) * W3 xn
         if cfg.post_norms:
             ops.matvec(lw.ffn_down, hb, xb2)
             ops.rmsnorm(xb2, lw.post_ffw_norm, eps, xb2)
@@ -136,10 +129,11 @@ def forward(cfg, w, s, ops, T, B):
         else:
             ops.matvec(lw.ffn_down, hb, x, accumulate=True)
 
+    if B == 0:                                                         # a prefill chunk mid-prompt
+        return
     # logits of the rows that sample this step
     xl, logits = s.xl[:B], s.logits[:B]
     ops.gather_rows(x, s.out_rows[:B], xl)                             # (B, n_embd)
-    ops.rmsnorm(xl, w.output_norm, eps, xl)
-    ops.matvec(w.output, xl, logits)                                   # (B, n_vocab)
+    ops.norm_matvec(xl, w.output_norm, eps, w.output, logits)         # (B, n_vocab)
     if cfg.logit_softcap:
         ops.softcap(logits, cfg.logit_softcap)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llcuda_mpi.kernels import activations, attention, elementwise, gather, gemm, gemv, matvec, norm, rope, sampling
+from llcuda_mpi.kernels import activations, attention, elementwise, fused, gather, gemm, gemv, matvec, norm, rope, sampling
 from llcuda_mpi.kernels import embedding as embedding_k
 
 
@@ -99,6 +99,39 @@ class _Ops:
     def gather_rows(self, x, rows, out):
         self._call(gather, "gather_rows", x, rows, out, **self.kw)
 
+    # ---- composite steps (CudaOps fuses them into fewer launches at decode) --
+    def step_inputs(self, max_tokens, max_rows):
+        """Per-step input arrays of a RunState: tokens, pos, slot (max_tokens,), out_rows (max_rows,)."""
+        i32 = np.int32
+        return {"tokens": self.zeros((max_tokens,), i32), "pos": self.zeros((max_tokens,), i32),
+                "slot": self.zeros((max_tokens,), i32), "out_rows": self.zeros((max_rows,), i32), "io": None}
+
+    def attn_in(self, lw, x, xb, q2, k2, v2, eps):
+        """xb = rmsnorm(x) * attn_norm; q2, k2, v2 = xb @ Wq/Wk/Wv.T (+ biases)."""
+        self.rmsnorm(x, lw.attn_norm, eps, xb)
+        self.matvec(lw.attn_q, xb, q2, bias=lw.attn_q_bias)
+        self.matvec(lw.attn_k, xb, k2, bias=lw.attn_k_bias)
+        self.matvec(lw.attn_v, xb, v2, bias=lw.attn_v_bias)
+
+    def ffn_in(self, lw, x, xb, gate, up, hb, eps, gelu):
+        """hb = act(xn @ Wgate.T) * (xn @ Wup.T), xn = rmsnorm(x) * ffn_norm (in xb)."""
+        self.rmsnorm(x, lw.ffn_norm, eps, xb)
+        self.matvec(lw.ffn_gate, xb, gate)
+        self.matvec(lw.ffn_up, xb, up)
+        if gelu:
+            self.gelu_mul(gate, up, hb)
+        else:
+            self.silu_mul(gate, up, hb)
+
+    def rope_kv_store(self, q, k, v, k_cache, v_cache, slot, pos, base, neox, freq_factors):
+        self.rope(q, k, pos, base, neox, freq_factors)
+        self.kv_store(k, v, k_cache, v_cache, slot, pos)
+
+    def norm_matvec(self, x, nw, eps, w, out):
+        """out = (rmsnorm(x) * nw) @ W.T; x is overwritten with the normed rows."""
+        self.rmsnorm(x, nw, eps, x)
+        self.matvec(w, x, out)
+
 
 class CpuOps(_Ops):
     """numba njit kernels on the host.
@@ -148,6 +181,47 @@ class CpuOps(_Ops):
         return ids
 
 
+class StepIO:
+    """Every per-step input in ONE pinned host buffer and ONE device buffer (views into both).
+
+    tokens/pos/slot (max_tokens,), out_rows and the per-row sampling parameters
+    (max_rows,), plus the sampled ids (device) and their pinned host copy. A
+    step fills `host`, one `upload()` copies the whole buffer (a few KB), and a
+    captured graph reads the `dev` views, so a replay needs no re-capture.
+    """
+
+    def __init__(self, cuda, max_tokens, max_rows):
+        T, R = max_tokens, max_rows
+        fields = (("seed", np.uint64, R), ("tokens", np.int32, T), ("pos", np.int32, T), ("slot", np.int32, T),
+                  ("out_rows", np.int32, R), ("temperature", np.float32, R), ("top_k", np.int32, R),
+                  ("top_p", np.float32, R), ("counter", np.int32, R))
+        spans, off = {}, 0
+        for name, dtype, n in fields:
+            nbytes = n * np.dtype(dtype).itemsize
+            spans[name] = (off, nbytes, dtype)
+            off += (nbytes + 7) // 8 * 8                # every view 8-byte aligned
+        self.hbuf = cuda.pinned_array(off, np.uint8)
+        self.hbuf[:] = 0
+        self.dbuf = cuda.to_device(self.hbuf)
+        self.host = {k: self.hbuf[o:o + n].view(d) for k, (o, n, d) in spans.items()}
+        self.dev = {k: self.dbuf[o:o + n].view(d) for k, (o, n, d) in spans.items()}
+        self.host["top_p"][:] = 1.0
+        self.ids_dev = cuda.to_device(np.zeros(R, np.int32))
+        self.ids_host = cuda.pinned_array(R, np.int32)
+        self.views = {}                                 # B -> (ids_dev[:B], ids_host[:B])
+
+    def upload(self):
+        self.dbuf.copy_to_device(self.hbuf)             # one synchronous copy on the legacy stream
+
+    def ids(self, B):
+        """Copy the B sampled ids back (waits for the step); returns a host array of its own."""
+        v = self.views.get(B)
+        if v is None:
+            v = self.views[B] = (self.ids_dev[:B], self.ids_host[:B])
+        v[0].copy_to_host(v[1])
+        return v[1].copy()
+
+
 class CudaOps(_Ops):
     """numba.cuda kernels on the current device.
 
@@ -173,10 +247,9 @@ class CudaOps(_Ops):
         self.graphs_enabled = graphs and not config.ENABLE_CUDASIM
         self.graphs = {}                               # (T, B) -> executable graph
         self.eager_seen = set()                        # shapes run eagerly once (kernels compiled)
-        self.sp_dev = None                             # persistent per-row sampling parameters
-        self.ids = None                                # (n_slots,) int32 sampled ids
         self.launches = 0                              # kernel launches issued eagerly (a counter for benchmarks)
         self.packed = {}                               # id(raw) -> (raw, gemv.Packed on the device or None)
+        self.fused = {}                                # id(LayerWeights) -> (lw, {"qkv", "qkv_bias", "gate_up"})
         # LLCUDA_LEGACY_MATVEC=1: every matvec through kernels/matvec.py (the baseline, for benchmarks)
         self.legacy = os.environ.get("LLCUDA_LEGACY_MATVEC", "") == "1"
 
@@ -186,15 +259,91 @@ class CudaOps(_Ops):
     def prepare_weight(self, w, host):
         """Layout for the decode gemv, once per weight (host: its GGUF bytes on the host).
 
-        Q8_0 / Q4_0 get a repacked copy (same bytes, quants and scales apart);
-        other types use an int64 view of w.raw; Q5_K / Q6_K get None (matvec.py).
+        Q8_0 / Q4_0 / Q6_K get a repacked copy (same bytes, quants and scales apart);
+        other types use an int64 view of w.raw; Q5_K gets None (matvec.py).
         """
         p = gemv.pack(host, w.qtype)
         if p is not None:
-            raw_view = p.kind not in ("Q8_0", "Q4_0")
+            raw_view = p.kind in ("F32", "F16", "BF16", "Q4_K")
             p = gemv.Packed(p.kind, w.raw.view(np.int64) if raw_view else self.upload(p.q),
                             self.upload(p.s), p.rows, p.cols, p.nw)
         self.packed[id(w.raw)] = (w.raw, p)
+
+    def prepare_layer(self, lw, host):
+        """Fused decode weights of one layer (host: GGUF bytes / float32 biases on the host).
+
+        attn_q|attn_k|attn_v stacked into one gemv weight (same bytes), ffn_gate
+        and ffn_up interleaved row by row (the SWIGLU epilogue pairs them);
+        only where the parts share a type and width. The parts' own repacked
+        copies are dropped (the gemm reads w.raw; gemv then uses the fused ones).
+        """
+        if self.legacy:
+            return
+        f = {}
+        qkv = (lw.attn_q, lw.attn_k, lw.attn_v)
+        if len({(w.qtype, w.cols) for w in qkv}) == 1:
+            p = gemv.pack(gemv.fuse_rows([host["attn_q"], host["attn_k"], host["attn_v"]]), lw.attn_q.qtype)
+            if p is not None:
+                f["qkv"] = gemv.to_device(p, self.upload)
+                biases = [host[k + "_bias"] for k in ("attn_q", "attn_k", "attn_v")]
+                if any(b is not None for b in biases):
+                    f["qkv_bias"] = self.upload(np.concatenate(
+                        [np.zeros(w.rows, np.float32) if b is None else b for w, b in zip(qkv, biases)]))
+        gu = (lw.ffn_gate, lw.ffn_up)
+        if len({(w.qtype, w.cols, w.rows) for w in gu}) == 1:
+            p = gemv.pack(gemv.fuse_rows([host["ffn_gate"], host["ffn_up"]], interleave=True), lw.ffn_gate.qtype)
+            if p is not None:
+                f["gate_up"] = gemv.to_device(p, self.upload)
+        for name, parts in (("qkv", qkv), ("gate_up", gu)):
+            if name in f:
+                for w in parts:
+                    self.packed.pop(id(w.raw), None)
+        self.fused[id(lw)] = (lw, f)
+
+    def _fused(self, lw, name, T):
+        """The fused gemv weight `name` of layer lw for a T-token step, or None (use the parts)."""
+        hit = self.fused.get(id(lw))
+        if self.legacy or T > gemv.MAX_B or hit is None or hit[0] is not lw:
+            return None
+        return hit[1].get(name)
+
+    def attn_in(self, lw, x, xb, q2, k2, v2, eps):
+        T = x.shape[0]
+        p = self._fused(lw, "qkv", T)
+        if p is None:
+            return super().attn_in(lw, x, xb, q2, k2, v2, eps)
+        bias = self.fused[id(lw)][1].get("qkv_bias")
+        if not gemv.norm_fits(T, p.cols):
+            self.rmsnorm(x, lw.attn_norm, eps, xb)
+            x, nw = xb, None
+        else:
+            nw = lw.attn_norm
+        self.launches += 1
+        gemv.gemv_fused_cuda(p, x, [q2, k2, v2], norm=nw, eps=eps, bias=bias, **self.kw)
+
+    def ffn_in(self, lw, x, xb, gate, up, hb, eps, gelu):
+        T = x.shape[0]
+        p = self._fused(lw, "gate_up", T)
+        if p is None:
+            return super().ffn_in(lw, x, xb, gate, up, hb, eps, gelu)
+        if not gemv.norm_fits(T, p.cols):
+            self.rmsnorm(x, lw.ffn_norm, eps, xb)
+            x, nw = xb, None
+        else:
+            nw = lw.ffn_norm
+        self.launches += 1
+        gemv.gemv_fused_cuda(p, x, [hb], norm=nw, eps=eps, swiglu="gelu" if gelu else "silu", **self.kw)
+
+    def rope_kv_store(self, q, k, v, k_cache, v_cache, slot, pos, base, neox, freq_factors):
+        self.launches += 1
+        fused.rope_kv_store_cuda(q, k, v, k_cache, v_cache, slot, pos, base, neox, freq_factors, **self.kw)
+
+    def norm_matvec(self, x, nw, eps, w, out):
+        T = x.shape[0]
+        if self.legacy or T > gemv.MAX_B or not gemv.norm_fits(T, w.cols) or (p := self._packed(w)) is None:
+            return super().norm_matvec(x, nw, eps, w, out)
+        self.launches += 1
+        gemv.gemv_fused_cuda(p, x, [out], norm=nw, eps=eps, **self.kw)
 
     def _packed(self, w):
         hit = self.packed.get(id(w.raw))
@@ -228,9 +377,10 @@ class CudaOps(_Ops):
         act = 4 * max_tokens * (4 * cfg.n_embd + 3 * cfg.n_ff + 2 * cfg.n_head * cfg.head_dim) \
             + 4 * n_slots * (cfg.n_embd + cfg.n_vocab)
         weights = sum(t.nbytes for t in model.tensors.values())
-        if not self.legacy:                            # the gemv's repacked Q8_0 / Q4_0 copies
-            weights += sum(t.nbytes for t in model.tensors.values()
-                           if len(t.shape) == 2 and t.qtype in ("Q8_0", "Q4_0"))
+        if not self.legacy:                            # the gemv's repacked Q8_0 / Q4_0 / Q6_K copies
+            fused = (".attn_q.", ".attn_k.", ".attn_v.", ".ffn_gate.", ".ffn_up.")   # and fused copies
+            weights += sum(t.nbytes for n, t in model.tensors.items()
+                           if len(t.shape) == 2 and (t.qtype in ("Q8_0", "Q4_0", "Q6_K") or any(f in n for f in fused)))
         need = kv + act + weights
         if need > free * 0.95:
             raise DoesNotFit(
@@ -242,14 +392,18 @@ class CudaOps(_Ops):
     def to_host(self, a):
         return a.copy_to_host()
 
+    def step_inputs(self, max_tokens, max_rows):
+        io = StepIO(self.cuda, max_tokens, max_rows)
+        return {**{k: io.dev[k] for k in ("tokens", "pos", "slot", "out_rows")}, "io": io}
+
     def load_inputs(self, state, host, T, B):
         for name, n in (("tokens", T), ("pos", T), ("slot", T), ("out_rows", B)):
             getattr(state, name)[:n].copy_to_device(host[name][:n])
 
     def _sample(self, state, B):
-        sp = self.sp_dev
+        sp, ids = state.io.dev, state.io.ids_dev
         sampling.sample_cuda(state.logits[:B], sp["temperature"][:B], sp["top_k"][:B], sp["top_p"][:B],
-                             sp["seed"][:B], sp["counter"][:B], self.ids[:B], **self.kw)
+                             sp["seed"][:B], sp["counter"][:B], ids[:B], **self.kw)
 
     def _capture(self, cfg, weights, state, T, B, forward):
         from cuda import core
@@ -264,30 +418,33 @@ class CudaOps(_Ops):
         finally:
             self.kw = {"stream": 0}
         graph = gb.end_building().complete()
-        return graph, dev
+        return graph, dev.default_stream
 
     def step(self, cfg, weights, state, host, T, B, sp, rows, forward):
-        if self.sp_dev is None:
-            self.sp_dev = {k: self.cuda.to_device(v) for k, v in sp.items()}
-            self.ids = self.cuda.device_array(len(sp["counter"]), np.int32)
-        self.load_inputs(state, host, T, B)
-        for k, v in self._step_params(sp, rows).items():
-            self.sp_dev[k][:B].copy_to_device(v)
+        """One copy in (the packed inputs), the forward + sampling (a graph replay for decode), one copy out."""
+        io = state.io
+        h = io.host
+        if host is not h:                              # staged elsewhere (the Engine writes io.host directly)
+            for name, n in (("tokens", T), ("pos", T), ("slot", T), ("out_rows", B)):
+                h[name][:n] = host[name][:n]
+        for k in ("temperature", "top_k", "top_p", "seed", "counter"):
+            np.take(sp[k], rows, out=h[k][:B])
+        sp["counter"][rows] += 1
+        io.upload()
         key = (T, B)
         decode_only = T == B and self.graphs_enabled
         if decode_only and key in self.graphs:
-            graph, dev = self.graphs[key]
-            graph.launch(dev.default_stream)
-            dev.sync()
+            graph, stream = self.graphs[key]
+            graph.launch(stream)                       # the legacy default stream: ordered with the copies
         elif decode_only and key in self.eager_seen:
-            self.graphs[key] = graph, dev = self._capture(cfg, weights, state, T, B, forward)
-            graph.launch(dev.default_stream)
-            dev.sync()
+            self.graphs[key] = graph, stream = self._capture(cfg, weights, state, T, B, forward)
+            graph.launch(stream)
         else:
             forward(cfg, weights, state, self, T, B)
-            self._sample(state, B)
+            if B:
+                self._sample(state, B)
             self.eager_seen.add(key)
-        return self.ids[:B].copy_to_host()
+        return io.ids(B) if B else np.zeros(0, np.int32)
 
 
 def make_ops(device, graphs=True, cpu_threads=1):

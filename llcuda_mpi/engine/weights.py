@@ -24,9 +24,10 @@ def load_weights(model, ops):
         return ops.upload(model.dequantize(name, np.float32)) if name in t else None
 
     layers = []
+    prepare_layer = getattr(ops, "prepare_layer", None)     # CudaOps: fused QKV and gate/up for decode
     for i in range(model.config.n_layer):
         p = f"blk.{i}."
-        layers.append(LayerWeights(
+        lw = LayerWeights(
             attn_norm=vec(p + "attn_norm.weight"),
             attn_q=mat(p + "attn_q.weight"), attn_k=mat(p + "attn_k.weight"),
             attn_v=mat(p + "attn_v.weight"), attn_output=mat(p + "attn_output.weight"),
@@ -38,7 +39,13 @@ def load_weights(model, ops):
             attn_q_norm=vec(p + "attn_q_norm.weight"), attn_k_norm=vec(p + "attn_k_norm.weight"),
             post_attention_norm=vec(p + "post_attention_norm.weight"),
             post_ffw_norm=vec(p + "post_ffw_norm.weight"),
-        ))
+        )
+        if prepare_layer is not None:
+            host = {k: np.asarray(t[p + k + ".weight"].data) for k in ("attn_q", "attn_k", "attn_v", "ffn_gate", "ffn_up")}
+            host.update({k + "_bias": model.dequantize(p + k + ".bias", np.float32) if p + k + ".bias" in t else None
+                         for k in ("attn_q", "attn_k", "attn_v")})
+            prepare_layer(lw, host)
+        layers.append(lw)
     embd = mat("token_embd.weight")
     return Weights(
         token_embd=embd,
