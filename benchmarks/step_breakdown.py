@@ -46,11 +46,11 @@ def main():
     for _ in range(n):
         eng.step()
     full = (time.perf_counter() - t0) / n
-    (graph, dev), = ops.graphs.values()
+    (graph, stream), = ops.graphs.values()
     t0 = time.perf_counter()
     for _ in range(n):
-        graph.launch(dev.default_stream)
-    dev.sync()
+        graph.launch(stream)
+    cuda.synchronize()
     replay = (time.perf_counter() - t0) / n
     _empty[1, 1]()
     cuda.synchronize()
@@ -76,7 +76,9 @@ def main():
                 return r
             return timed
     B = a.batch
+    n_eager = ops.launches
     forward(eng.cfg, eng.weights, eng.state, Timed(), B, B)
+    print(f"kernels per decode step (forward, eager count): {ops.launches - n_eager} + 1 sampling")
     t = time.perf_counter()
     ops._sample(eng.state, B)
     cuda.synchronize()
