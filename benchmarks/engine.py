@@ -74,6 +74,8 @@ def main():
     ap.add_argument("--eager", action="store_true", help="also time eager decode at batch 1")
     ap.add_argument("--legacy", action="store_true",
                     help="also time the old kernels/matvec.py path (LLCUDA_LEGACY_MATVEC=1) at every batch size")
+    ap.add_argument("--unfused-norm", action="store_true",
+                    help="also time batch 1 with RMSNorm as its own kernel (LLCUDA_FUSE_NORM=0)")
     ap.add_argument("--model-dir", default=os.environ.get("TMPDIR", "/tmp"))
     ap.add_argument("--json", default="")
     args = ap.parse_args()
@@ -93,10 +95,14 @@ def main():
             variants.insert(0, (1, False, False))
         if args.legacy:
             variants += [(b, True, True) for b in map(int, args.batches.split(","))]
+        if args.unfused_norm:
+            variants.append((1, True, "unfused_norm"))
         for batch, graphs, legacy in variants:
-            os.environ["LLCUDA_LEGACY_MATVEC"] = "1" if legacy else ""
+            os.environ["LLCUDA_LEGACY_MATVEC"] = "1" if legacy is True else ""
+            os.environ["LLCUDA_FUSE_NORM"] = "0" if legacy == "unfused_norm" else "1"
             dt, launches = bench_decode(model, args.device, batch, args.steps, graphs, n_ctx)
             os.environ["LLCUDA_LEGACY_MATVEC"] = ""
+            os.environ["LLCUDA_FUSE_NORM"] = "1"
             row = {"quant": quant, "what": "decode", "batch": batch, "graphs": graphs, "legacy_matvec": legacy,
                    "ms_per_step": 1e3 * dt, "tok_s": batch / dt, "GB_s": wbytes / dt / 1e9,
                    "eager_launches_per_step": launches}

@@ -271,7 +271,7 @@ def act(g, code):
 def _make_kernel(kind, NB, NORM, EPI, ACT):
     dec, widx = DECODE[kind]
     RUN, RUNS = SHAPES[kind]
-    XC = XS // NB                      # staged columns per batch row (NORM)
+    XC = XS // NB if NORM else 1       # staged columns per batch row (NORM; 1: no shared memory otherwise)
 
     @cuda.jit(device=True)
     def fma_word(w, q, s, row, i, x, nb, vals, acc):
@@ -418,7 +418,7 @@ def gemv_cuda(p, x, y, bias=None, accumulate=False, stream=0):
     b = y2 if bias is None else bias.reshape(1, p.rows)
     grid = ((p.rows + WARPS - 1) // WARPS,)
     _kernel(p.kind, B)[grid, (32, WARPS), stream](p.q, p.s, x2, y2, y2, y2, b, bias is not None,
-                                                  bool(accumulate), p.nw, p.rows, p.rows, 0, x2, np.float32(0))
+                                                  bool(accumulate), p.nw, p.rows, p.rows, 0, x2[0], np.float32(0))
 
 
 def gemv_fused_cuda(p, x, ys, norm=None, eps=0.0, bias=None, swiglu=None, accumulate=False, stream=0):

@@ -252,6 +252,8 @@ class CudaOps(_Ops):
         self.fused = {}                                # id(LayerWeights) -> (lw, {"qkv", "qkv_bias", "gate_up"})
         # LLCUDA_LEGACY_MATVEC=1: every matvec through kernels/matvec.py (the baseline, for benchmarks)
         self.legacy = os.environ.get("LLCUDA_LEGACY_MATVEC", "") == "1"
+        # LLCUDA_FUSE_NORM=0: RMSNorm as its own kernel before the fused gemvs (for benchmarks)
+        self.fuse_norm = os.environ.get("LLCUDA_FUSE_NORM", "1") != "0"
 
     def zeros(self, shape, dtype):
         return self.cuda.to_device(np.zeros(shape, dtype))
@@ -313,7 +315,7 @@ class CudaOps(_Ops):
         if p is None:
             return super().attn_in(lw, x, xb, q2, k2, v2, eps)
         bias = self.fused[id(lw)][1].get("qkv_bias")
-        if not gemv.norm_fits(T, p.cols):
+        if not (self.fuse_norm and gemv.norm_fits(T, p.cols)):
             self.rmsnorm(x, lw.attn_norm, eps, xb)
             x, nw = xb, None
         else:
@@ -326,7 +328,7 @@ class CudaOps(_Ops):
         p = self._fused(lw, "gate_up", T)
         if p is None:
             return super().ffn_in(lw, x, xb, gate, up, hb, eps, gelu)
-        if not gemv.norm_fits(T, p.cols):
+        if not (self.fuse_norm and gemv.norm_fits(T, p.cols)):
             self.rmsnorm(x, lw.ffn_norm, eps, xb)
             x, nw = xb, None
         else:
@@ -340,7 +342,7 @@ class CudaOps(_Ops):
 
     def norm_matvec(self, x, nw, eps, w, out):
         T = x.shape[0]
-        if self.legacy or T > gemv.MAX_B or not gemv.norm_fits(T, w.cols) or (p := self._packed(w)) is None:
+        if self.legacy or not self.fuse_norm or not gemv.norm_fits(T, w.cols) or (p := self._packed(w)) is None:
             return super().norm_matvec(x, nw, eps, w, out)
         self.launches += 1
         gemv.gemv_fused_cuda(p, x, [out], norm=nw, eps=eps, **self.kw)
