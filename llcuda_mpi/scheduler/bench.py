@@ -90,7 +90,7 @@ def run(args) -> int:
             error = f"{ctx.host}: {type(exc).__name__}: {exc}" if isinstance(exc, RuntimeError) \
                 else f"{ctx.host}: {exc}"
     failed = mpi.agree(ctx, error, "bench")
-    info = {"rank": ctx.rank, "host": ctx.host, "device": str(device),
+    info = {"rank": ctx.rank, "host": ctx.host, "device": str(device), **device.describe(),
             "describe": backend.describe() if backend is not None else {}}
     infos = ctx.world.gather(info, root=0)
     if failed:
@@ -139,7 +139,8 @@ def _open_writer(ctx, cfg, args, infos):
     provenance = {
         "command": shlex.join(sys.argv), "package_version": __version__, "mpi_vendor": mpi.vendor(),
         "ranks": ctx.size, "nodes": ctx.n_nodes, "hosts": [i["host"] for i in infos],
-        "devices": [i["device"] for i in infos], "backend": cfg.backend,
+        "devices": [i["device"] for i in infos], "physical_gpus": [i["physical_gpu"] for i in infos],
+        "backend": cfg.backend,
         "backends": [i["describe"] for i in infos[1:]],
         "start_time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "python": sys.version.split()[0],
