@@ -255,8 +255,9 @@ def dec_q6_k(w, q, s, row, i, vals):
     return c0, c0 + 64
 
 
-DECODE = {"Q6_K": (dec_q6_k, widx_q6_k), "F32": (dec_f32, widx_plain), "F16": (dec_f16, widx_plain), "BF16": (dec_bf16, widx_plain),
-          "Q8_0": (dec_q8_0, widx_plain), "Q4_0": (dec_q4_0, widx_plain), "Q4_K": (dec_q4_k, widx_q4_k)}
+DECODE = {"F32": (dec_f32, widx_plain), "F16": (dec_f16, widx_plain), "BF16": (dec_bf16, widx_plain),
+          "Q8_0": (dec_q8_0, widx_plain), "Q4_0": (dec_q4_0, widx_plain), "Q4_K": (dec_q4_k, widx_q4_k),
+          "Q6_K": (dec_q6_k, widx_q6_k)}
 
 
 # ---------------------------------------------------------------- kernel
@@ -271,7 +272,7 @@ def act(g, code):
 def _make_kernel(kind, NB, NORM, EPI, ACT):
     dec, widx = DECODE[kind]
     RUN, RUNS = SHAPES[kind]
-    XC = XS // NB if NORM else 1       # staged columns per batch row (NORM; 1: no shared memory otherwise)
+    XC = XS // NB if NORM else 1       # staged columns per batch row (NORM only)
 
     @cuda.jit(device=True)
     def fma_word(w, q, s, row, i, x, nb, vals, acc):

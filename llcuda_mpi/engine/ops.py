@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llcuda_mpi.kernels import activations, attention, elementwise, fused, gather, gemm, gemv, matvec, norm, rope, sampling
+from llcuda_mpi.kernels import (activations, attention, elementwise, fused, gather, gemm, gemv, matvec, norm, rope,
+                                sampling)
 from llcuda_mpi.kernels import embedding as embedding_k
 
 

@@ -41,7 +41,8 @@ def load_weights(model, ops):
             post_ffw_norm=vec(p + "post_ffw_norm.weight"),
         )
         if prepare_layer is not None:
-            host = {k: np.asarray(t[p + k + ".weight"].data) for k in ("attn_q", "attn_k", "attn_v", "ffn_gate", "ffn_up")}
+            host = {k: np.asarray(t[p + k + ".weight"].data)
+                    for k in ("attn_q", "attn_k", "attn_v", "ffn_gate", "ffn_up")}
             host.update({k + "_bias": model.dequantize(p + k + ".bias", np.float32) if p + k + ".bias" in t else None
                          for k in ("attn_q", "attn_k", "attn_v")})
             prepare_layer(lw, host)

@@ -21,7 +21,7 @@ def test_rope_kv_store_equals_rope_then_kv_store(neox, ff, rng):
     out = []
     for one in (True, False):
         dq, dk, dv = (cuda.to_device(a) for a in (q, k, v))
-        kc, vc = cuda.to_device(np.zeros((S, C, Hkv, D), np.float32)), cuda.to_device(np.zeros((S, C, Hkv, D), np.float32))
+        kc, vc = (cuda.to_device(np.zeros((S, C, Hkv, D), np.float32)) for _ in range(2))
         dslot, dpos = cuda.to_device(slot), cuda.to_device(pos)
         dff = None if freqs is None else cuda.to_device(freqs)
         if one:
