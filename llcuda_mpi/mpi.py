@@ -144,7 +144,7 @@ def launch_mismatch_message(size: int, env) -> str | None:
 
 def vendor() -> str:
     """MPI library name and version, first line."""
-    return MPI.Get_library_version().strip().splitlines()[0].strip()
+    return MPI.Get_library_version().replace("\x00", "").strip().splitlines()[0].strip()  # Open MPI ends it with a NUL
 
 
 # ---------------------------------------------------------------- devices (pure)

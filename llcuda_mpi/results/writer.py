@@ -46,6 +46,8 @@ def derived_times(t_submit, t_first, t_end, n_output):
 
 def encode_attr(value):
     """An HDF5-friendly attribute value: scalars as they are, anything else as JSON."""
+    if isinstance(value, str) and "\x00" in value:
+        return json.dumps(value), True   # HDF5 strings can't hold NULs (Open MPI's version string ends in one)
     if isinstance(value, (str, bool, int, float, np.integer, np.floating)):
         return value, False
     return json.dumps(value, default=str), True
