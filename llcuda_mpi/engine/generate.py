@@ -49,7 +49,11 @@ def run(args):
         print(f"error: {exc}", file=sys.stderr)
         return 2
     device = _device(args.device)
-    engine = build_engine(model, device, 1, args.n_ctx, 128, args.cuda_graphs, args.cpu_threads)
+    try:
+        engine = build_engine(model, device, 1, args.n_ctx, 128, args.cuda_graphs, args.cpu_threads)
+    except (RuntimeError, ValueError) as exc:          # no GPU, does not fit, bad --cpu-threads
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     request = Request(id=0, prompt=args.prompt, max_tokens=args.max_tokens, ignore_eos=args.ignore_eos,
                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                       stop=args.stop)

@@ -138,3 +138,20 @@ def test_cancel_frees_the_slot(models):
     assert c.status == "error" and c.error == "cancelled"
     done, _ = _run(engine, [])
     assert engine.cancel(0) is None and not engine.busy()
+
+
+def test_generate_cli_user_errors_are_one_line(capsys):
+    from llcuda_mpi.cli import main
+    assert main(["generate", "--model", "/nonexistent.gguf", "-p", "hi"]) == 2
+    assert "cannot open" in capsys.readouterr().err
+    assert main(["generate", "-p", "hi", "--max-tokens", "0"]) == 2
+
+
+def test_generate_cli_streams_text(models, capsys, tmp_path):
+    from llcuda_mpi.cli import main
+    path = tmp_path / "g.gguf"
+    make_tiny_model("llama", path, "Q8_0", seed=3)
+    assert main(["generate", "--model", str(path), "-p", "Hello", "-n", "5", "--ignore-eos", "--device", "cpu",
+                 "--cpu-threads", "1"]) == 0
+    out = capsys.readouterr()
+    assert "5 tokens" in out.err and "tok/s decode" in out.err
