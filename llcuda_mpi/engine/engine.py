@@ -38,6 +38,24 @@ class Sequence:
     t_first: float = 0.0
     decoder: object = None
     next_token: int = -1                  # sampled, not yet fed back
+    emitted: int = 0                      # characters of text already streamed
+
+
+def find_stop(text, stops, start=0):
+    """Index in `text` of the earliest stop string found at or after `start` (-1: none)."""
+    hits = [i for i in (text.find(s, start) for s in stops if s) if i >= 0]
+    return min(hits) if hits else -1
+
+
+def held_back(text, stops):
+    """Length of the longest end of `text` that could still become a stop string: not streamed yet."""
+    longest = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), longest, -1):
+            if stop.startswith(text[-n:]):
+                longest = n
+                break
+    return longest
 
 
 class Engine:
@@ -150,25 +168,35 @@ class Engine:
         if not seq.output:
             seq.t_first = now
         if self.tokenizer.is_eog(tok) and not req.ignore_eos:
-            return [self._finish(seq, "ok", "", "eos", now)]
+            return self._tail(seq, now) + [self._finish(seq, "ok", "", "eos", now)]
         seq.output.append(tok)
         seq.token_times.append(now)
-        piece = seq.decoder.feed(tok)
-        seq.text += piece
-        events = [TokenEvent(req.id, now, [tok], piece)]
-        hit = next((s for s in req.stop if s and s in seq.text), None)
-        if hit is not None:
-            seq.text = seq.text[:seq.text.index(hit)]
+        seq.text += seq.decoder.feed(tok)
+        # stream only what can no longer turn out to be part of a stop string
+        longest = max((len(s) for s in req.stop), default=0)
+        cut = find_stop(seq.text, req.stop, max(0, seq.emitted - longest)) if req.stop else -1
+        if cut >= 0:
+            seq.text = seq.text[:cut]
+        safe = len(seq.text) if cut >= 0 else len(seq.text) - held_back(seq.text, req.stop)
+        events = [TokenEvent(req.id, now, [tok], seq.text[seq.emitted:safe])]
+        seq.emitted = max(seq.emitted, safe)
+        if cut >= 0:
             events.append(self._finish(seq, "ok", "", "stop", now))
-        elif len(seq.output) >= req.max_tokens:
-            events.append(self._finish(seq, "ok", "", "length", now))
-        elif seq.n_past >= self.n_ctx:            # no position left for the next token
-            events.append(self._finish(seq, "ok", "", "length", now))
+        elif len(seq.output) >= req.max_tokens or seq.n_past >= self.n_ctx:   # no token or position left
+            events += self._tail(seq, now) + [self._finish(seq, "ok", "", "length", now)]
         else:
             seq.next_token = tok
         return events
 
+    def _tail(self, seq, now):
+        """At a normal end: the text still held back (a stop-string prefix, an unfinished character)."""
+        seq.text += seq.decoder.flush()
+        rest, seq.emitted = seq.text[seq.emitted:], len(seq.text)
+        return [TokenEvent(seq.request.id, now, [], rest, n_tokens=0)] if rest else []
+
     def _finish(self, seq, status, error, reason, now=None):
+        """The Completion of `seq`, its slot freed. Text not streamed yet (a held-back stop prefix,
+        bytes of an unfinished character) is in the Completion's text only."""
         now = time.time() if now is None else now
         if seq.slot >= 0 and self.active.get(seq.slot) is seq:
             del self.active[seq.slot]

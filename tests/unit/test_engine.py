@@ -155,3 +155,38 @@ def test_generate_cli_streams_text(models, capsys, tmp_path):
                  "--cpu-threads", "1"]) == 0
     out = capsys.readouterr()
     assert "5 tokens" in out.err and "tok/s decode" in out.err
+
+
+def test_stop_strings_are_never_streamed(models):
+    # the streamed pieces add up to the final text, which ends before the stop string
+    model = models("llama")
+    first = _greedy_alone(model, _tokens(model)[:4], 12)
+    text = first.text
+    assert len(text) >= 6
+    stop = text[3:6]                                   # spans token boundaries in general
+    engine = Engine(model, CpuOps(), EngineConfig(n_slots=1, n_ctx=64, prefill_chunk=8))
+    done, events = _run(engine, [Request(0, prompt_tokens=_tokens(model)[:4], max_tokens=12, ignore_eos=True,
+                                         stop=[stop, "\x00never"])])
+    streamed = "".join(e.text for e in events if isinstance(e, TokenEvent))
+    assert done[0].finish_reason == "stop"
+    assert done[0].text == text[:text.index(stop)] == streamed
+
+
+def test_held_back_text_is_streamed_at_the_end(models):
+    # a stop string that never matches: whatever was held back arrives before the Completion
+    model = models("llama")
+    first = _greedy_alone(model, _tokens(model)[:4], 8)
+    never = first.text[-2:] + "\x01"                   # the text ends with a prefix of it
+    engine = Engine(model, CpuOps(), EngineConfig(n_slots=1, n_ctx=64, prefill_chunk=8))
+    done, events = _run(engine, [Request(0, prompt_tokens=_tokens(model)[:4], max_tokens=8, ignore_eos=True,
+                                         stop=[never])])
+    streamed = "".join(e.text for e in events if isinstance(e, TokenEvent))
+    assert done[0].finish_reason == "length" and streamed == done[0].text == first.text
+    assert sum(e.n_tokens for e in events if isinstance(e, TokenEvent)) == 8
+
+
+def test_held_back_and_find_stop():
+    from llcuda_mpi.engine.engine import find_stop, held_back
+    assert held_back("hello wor", ["world"]) == 3 and held_back("hello", ["xyz"]) == 0
+    assert held_back("ab", ["abc", "b!"]) == 2
+    assert find_stop("a STOP b stop", ["stop", "STOP"]) == 2 and find_stop("abc", []) == -1
