@@ -3,28 +3,13 @@ suite at -n 2 and -n 3, the abort hook, the one-rank error, and the bench job
 end to end. Every mpiexec is wrapped in `timeout`.
 """
 
-import os
-import pathlib
-import shutil
-import subprocess
-import sys
 import time
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from launching import explain, mpiexec, needs_mpiexec  # tests/mpi/launching.py
 
-pytestmark = pytest.mark.skipif(shutil.which("mpiexec") is None,
-                                reason="mpiexec not found (install the extra: pip install '.[mpich]')")
-
-
-def mpiexec(n, args, limit=240, env=None):
-    cmd = ["timeout", str(limit), "mpiexec", "-n", str(n), sys.executable, *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})})
-
-
-def explain(p):
-    return f"exit {p.returncode}\n--- stdout\n{p.stdout[-4000:]}\n--- stderr\n{p.stderr[-4000:]}"
+pytestmark = needs_mpiexec
 
 
 @pytest.mark.parametrize("n", [2, 3])

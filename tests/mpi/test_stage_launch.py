@@ -5,8 +5,6 @@ wrapped in `timeout`.
 
 import hashlib
 import os
-import pathlib
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,21 +12,11 @@ import time
 
 import pytest
 
+from launching import ROOT, explain, mpiexec, needs_mpiexec  # tests/mpi/launching.py
 from llcuda_mpi.storage import Store
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.skipif(shutil.which("mpiexec") is None,
-                                reason="mpiexec not found (install the extra: pip install '.[mpich]')")
-
-
-def mpiexec(n, args, limit=240):
-    cmd = ["timeout", str(limit), "mpiexec", "-n", str(n), sys.executable, *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-
-
-def explain(p):
-    return f"exit {p.returncode}\n--- stdout\n{p.stdout[-4000:]}\n--- stderr\n{p.stderr[-4000:]}"
+pytestmark = needs_mpiexec
 
 
 @pytest.mark.parametrize("n", [2, 3])
