@@ -16,7 +16,7 @@ from numba import cuda
 from llcuda_mpi.backends.base import Request
 from llcuda_mpi.engine.engine import Engine, EngineConfig
 from llcuda_mpi.engine.forward import forward
-from llcuda_mpi.engine.ops import CudaOps
+from llcuda_mpi.engine.cuda_ops import CudaOps
 from llcuda_mpi.model.gguf import load_model
 from llcuda_mpi.model.make import make_model
 

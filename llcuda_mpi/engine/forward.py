@@ -69,7 +69,7 @@ class RunState:
 
 def alloc_state(cfg, ops, max_tokens, max_rows, n_slots, n_ctx):
     """Preallocate every buffer of a forward step (and the KV cache) with `ops`."""
-    f32, i32 = np.float32, np.int32
+    f32 = np.float32
     T, B, hd = max_tokens, max_rows, cfg.head_dim
     kv_shape = (n_slots, n_ctx, cfg.n_head_kv, hd)
     inputs = ops.step_inputs(T, B)

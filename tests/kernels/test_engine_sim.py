@@ -9,7 +9,8 @@ import pytest
 
 from llcuda_mpi.backends.base import Completion, Request
 from llcuda_mpi.engine.engine import Engine, EngineConfig
-from llcuda_mpi.engine.ops import CpuOps, CudaOps
+from llcuda_mpi.engine.cuda_ops import CudaOps
+from llcuda_mpi.engine.ops import CpuOps
 from llcuda_mpi.model.gguf import load_model
 from llcuda_mpi.model.make import make_tiny_model
 

@@ -1,0 +1,282 @@
+"""CudaOps: the forward's steps on numba.cuda kernels, decode steps replayed from CUDA graphs.
+
+Shares the step vocabulary with CpuOps (ops.py); what only the GPU needs lives
+here: the packed per-step inputs (StepIO), weight repacking and fusion at load,
+shape-based routing of matvecs (gemv / gemm / the block-format fallback), and
+graph capture per (T, B).
+"""
+
+import os
+
+import numpy as np
+
+from llcuda_mpi.engine.ops import DoesNotFit, _Ops
+from llcuda_mpi.kernels import fused, gemm, gemv, matvec, sampling
+
+
+class StepIO:
+    """Every per-step input in ONE pinned host buffer and ONE device buffer (views into both).
+
+    tokens/pos/slot (max_tokens,), out_rows and the per-row sampling parameters
+    (max_rows,), plus the sampled ids (device) and their pinned host copy. A
+    step fills `host`, one `upload()` copies the whole buffer (a few KB), and a
+    captured graph reads the `dev` views, so a replay needs no re-capture.
+    """
+
+    def __init__(self, cuda, max_tokens, max_rows):
+        T, R = max_tokens, max_rows
+        fields = (("seed", np.uint64, R), ("tokens", np.int32, T), ("pos", np.int32, T), ("slot", np.int32, T),
+                  ("out_rows", np.int32, R), ("temperature", np.float32, R), ("top_k", np.int32, R),
+                  ("top_p", np.float32, R), ("counter", np.int32, R))
+        spans, off = {}, 0
+        for name, dtype, n in fields:
+            nbytes = n * np.dtype(dtype).itemsize
+            spans[name] = (off, nbytes, dtype)
+            off += (nbytes + 7) // 8 * 8                # every view 8-byte aligned
+        self.hbuf = cuda.pinned_array(off, np.uint8)
+        self.hbuf[:] = 0
+        self.dbuf = cuda.to_device(self.hbuf)
+        self.host = {k: self.hbuf[o:o + n].view(d) for k, (o, n, d) in spans.items()}
+        self.dev = {k: self.dbuf[o:o + n].view(d) for k, (o, n, d) in spans.items()}
+        self.host["top_p"][:] = 1.0
+        self.ids_dev = cuda.to_device(np.zeros(R, np.int32))
+        self.ids_host = cuda.pinned_array(R, np.int32)
+        self.views = {}                                 # B -> (ids_dev[:B], ids_host[:B])
+
+    def upload(self):
+        self.dbuf.copy_to_device(self.hbuf)             # one synchronous copy on the legacy stream
+
+    def ids(self, B):
+        """Copy the B sampled ids back (waits for the step); returns a host array of its own."""
+        v = self.views.get(B)
+        if v is None:
+            v = self.views[B] = (self.ids_dev[:B], self.ids_host[:B])
+        v[0].copy_to_host(v[1])
+        return v[1].copy()
+
+
+class CudaOps(_Ops):
+    """numba.cuda kernels on the current device.
+
+    Everything runs on the legacy default stream: host<->device copies of the
+    per-step inputs are synchronous and order themselves with the kernels.
+    Decode-only steps (one token per sequence) are captured once per batch
+    size into a CUDA graph (cuda.core GraphBuilder as the launch stream) and
+    replayed: the step's token ids, positions, slots and sampling parameters
+    live in persistent device arrays that the captured kernels read.
+    """
+
+    name = suffix = "cuda"
+
+    def __init__(self, graphs=True):
+        # the device is chosen once per process before this (llcuda_mpi.mpi.activate)
+        from numba import config, cuda
+        self.cuda = cuda
+        if not cuda.is_available():
+            raise RuntimeError("--device cuda: no CUDA GPU is visible")
+        # decode grids are small by design (one row of a small batch): don't warn about occupancy
+        config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
+        self.kw = {"stream": 0}
+        self.graphs_enabled = graphs and not config.ENABLE_CUDASIM
+        self.graphs = {}                               # (T, B) -> executable graph
+        self.eager_seen = set()                        # shapes run eagerly once (kernels compiled)
+        self.launches = 0                              # kernel launches issued eagerly (a counter for benchmarks)
+        self.packed = {}                               # id(raw) -> (raw, gemv.Packed on the device or None)
+        self.fused = {}                                # id(LayerWeights) -> (lw, {"qkv", "qkv_bias", "gate_up"})
+        # LLCUDA_LEGACY_MATVEC=1: every matvec through kernels/matvec.py (the baseline, for benchmarks)
+        self.legacy = os.environ.get("LLCUDA_LEGACY_MATVEC", "") == "1"
+        # LLCUDA_FUSE_NORM=0: RMSNorm as its own kernel before the fused gemvs (for benchmarks)
+        self.fuse_norm = os.environ.get("LLCUDA_FUSE_NORM", "1") != "0"
+
+    def zeros(self, shape, dtype):
+        return self.cuda.to_device(np.zeros(shape, dtype))
+
+    def prepare_weight(self, w, host):
+        """Layout for the decode gemv, once per weight (host: its GGUF bytes on the host).
+
+        Q8_0 / Q4_0 / Q6_K get a repacked copy (same bytes, quants and scales apart);
+        other types use an int64 view of w.raw; Q5_K gets None (matvec.py).
+        """
+        p = gemv.pack(host, w.qtype)
+        if p is not None:
+            raw_view = p.kind in ("F32", "F16", "BF16", "Q4_K")
+            p = gemv.Packed(p.kind, w.raw.view(np.int64) if raw_view else self.upload(p.q),
+                            self.upload(p.s), p.rows, p.cols, p.nw)
+        self.packed[id(w.raw)] = (w.raw, p)
+
+    def prepare_layer(self, lw, host):
+        """Fused decode weights of one layer (host: GGUF bytes / float32 biases on the host).
+
+        attn_q|attn_k|attn_v stacked into one gemv weight (same bytes), ffn_gate
+        and ffn_up interleaved row by row (the SWIGLU epilogue pairs them);
+        only where the parts share a type and width. The parts' own repacked
+        copies are dropped (the gemm reads w.raw; gemv then uses the fused ones).
+        """
+        if self.legacy:
+            return
+        f = {}
+        qkv = (lw.attn_q, lw.attn_k, lw.attn_v)
+        if len({(w.qtype, w.cols) for w in qkv}) == 1:
+            p = gemv.pack(gemv.fuse_rows([host["attn_q"], host["attn_k"], host["attn_v"]]), lw.attn_q.qtype)
+            if p is not None:
+                f["qkv"] = gemv.to_device(p, self.upload)
+                biases = [host[k + "_bias"] for k in ("attn_q", "attn_k", "attn_v")]
+                if any(b is not None for b in biases):
+                    f["qkv_bias"] = self.upload(np.concatenate(
+                        [np.zeros(w.rows, np.float32) if b is None else b for w, b in zip(qkv, biases)]))
+        gu = (lw.ffn_gate, lw.ffn_up)
+        if len({(w.qtype, w.cols, w.rows) for w in gu}) == 1:
+            p = gemv.pack(gemv.fuse_rows([host["ffn_gate"], host["ffn_up"]], interleave=True), lw.ffn_gate.qtype)
+            if p is not None:
+                f["gate_up"] = gemv.to_device(p, self.upload)
+        for name, parts in (("qkv", qkv), ("gate_up", gu)):
+            if name in f:
+                for w in parts:
+                    self.packed.pop(id(w.raw), None)
+        self.fused[id(lw)] = (lw, f)
+
+    def _fused(self, lw, name, T):
+        """The fused gemv weight `name` of layer lw for a T-token step, or None (use the parts)."""
+        hit = self.fused.get(id(lw))
+        if self.legacy or T > gemv.MAX_B or hit is None or hit[0] is not lw:
+            return None
+        return hit[1].get(name)
+
+    def attn_in(self, lw, x, xb, q2, k2, v2, eps):
+        T = x.shape[0]
+        p = self._fused(lw, "qkv", T)
+        if p is None:
+            return super().attn_in(lw, x, xb, q2, k2, v2, eps)
+        bias = self.fused[id(lw)][1].get("qkv_bias")
+        if not (self.fuse_norm and gemv.norm_fits(T, p.cols)):
+            self.rmsnorm(x, lw.attn_norm, eps, xb)
+            x, nw = xb, None
+        else:
+            nw = lw.attn_norm
+        self.launches += 1
+        gemv.gemv_fused_cuda(p, x, [q2, k2, v2], norm=nw, eps=eps, bias=bias, **self.kw)
+
+    def ffn_in(self, lw, x, xb, gate, up, hb, eps, gelu):
+        T = x.shape[0]
+        p = self._fused(lw, "gate_up", T)
+        if p is None:
+            return super().ffn_in(lw, x, xb, gate, up, hb, eps, gelu)
+        if not (self.fuse_norm and gemv.norm_fits(T, p.cols)):
+            self.rmsnorm(x, lw.ffn_norm, eps, xb)
+            x, nw = xb, None
+        else:
+            nw = lw.ffn_norm
+        self.launches += 1
+        gemv.gemv_fused_cuda(p, x, [hb], norm=nw, eps=eps, swiglu="gelu" if gelu else "silu", **self.kw)
+
+    def rope_kv_store(self, q, k, v, k_cache, v_cache, slot, pos, base, neox, freq_factors):
+        self.launches += 1
+        fused.rope_kv_store_cuda(q, k, v, k_cache, v_cache, slot, pos, base, neox, freq_factors, **self.kw)
+
+    def norm_matvec(self, x, nw, eps, w, out):
+        T = x.shape[0]
+        if self.legacy or not self.fuse_norm or not gemv.norm_fits(T, w.cols) or (p := self._packed(w)) is None:
+            return super().norm_matvec(x, nw, eps, w, out)
+        self.launches += 1
+        gemv.gemv_fused_cuda(p, x, [out], norm=nw, eps=eps, **self.kw)
+
+    def _packed(self, w):
+        hit = self.packed.get(id(w.raw))
+        if hit is None or hit[0] is not w.raw:          # a Weight not made by load_weights
+            self.prepare_weight(w, w.raw.copy_to_host())
+            hit = self.packed[id(w.raw)]
+        return hit[1]
+
+    def matvec(self, w, x, out, bias=None, accumulate=False):
+        """T <= gemv.MAX_B rows: gemv (matvec.py for Q5_K/Q6_K); more: the tiled gemm."""
+        self.launches += 1
+        if self.legacy:
+            matvec.matvec_cuda(w.raw, w.qtype, x, out, bias=bias, accumulate=accumulate, **self.kw)
+        elif x.shape[0] > gemv.MAX_B:
+            gemm.gemm_cuda(w.raw, w.qtype, x, out, bias=bias, accumulate=accumulate, **self.kw)
+        elif (p := self._packed(w)) is not None:
+            gemv.gemv_cuda(p, x, out, bias=bias, accumulate=accumulate, **self.kw)
+        else:
+            matvec.matvec_cuda(w.raw, w.qtype, x, out, bias=bias, accumulate=accumulate, **self.kw)
+
+    def upload(self, a):
+        return self.cuda.to_device(np.ascontiguousarray(a))
+
+    def _call(self, module, name, *args, **kwargs):
+        self.launches += 1
+        return super()._call(module, name, *args, **kwargs)
+
+    def check_fits(self, cfg, n_slots, n_ctx, max_tokens, model):
+        free, total = self.cuda.current_context().get_memory_info()
+        kv = 2 * cfg.n_layer * n_slots * n_ctx * cfg.n_head_kv * cfg.head_dim * 4
+        act = 4 * max_tokens * (4 * cfg.n_embd + 3 * cfg.n_ff + 2 * cfg.n_head * cfg.head_dim) \
+            + 4 * n_slots * (cfg.n_embd + cfg.n_vocab)
+        weights = sum(t.nbytes for t in model.tensors.values())
+        if not self.legacy:                            # the gemv's repacked Q8_0 / Q4_0 / Q6_K copies
+            fused = (".attn_q.", ".attn_k.", ".attn_v.", ".ffn_gate.", ".ffn_up.")   # and fused copies
+            weights += sum(t.nbytes for n, t in model.tensors.items()
+                           if len(t.shape) == 2 and (t.qtype in ("Q8_0", "Q4_0", "Q6_K") or any(f in n for f in fused)))
+        need = kv + act + weights
+        if need > free * 0.95:
+            raise DoesNotFit(
+                f"model + KV cache + activations need {need / 2**30:.2f} GiB "
+                f"(weights {weights / 2**30:.2f}, KV {kv / 2**30:.2f} for {n_slots} slots x {n_ctx} positions) "
+                f"but the GPU has {free / 2**30:.2f} GiB free of {total / 2**30:.2f}: "
+                f"lower --slots or --n-ctx")
+
+    def to_host(self, a):
+        return a.copy_to_host()
+
+    def step_inputs(self, max_tokens, max_rows):
+        io = StepIO(self.cuda, max_tokens, max_rows)
+        return {**{k: io.dev[k] for k in ("tokens", "pos", "slot", "out_rows")}, "io": io}
+
+    def load_inputs(self, state, host, T, B):
+        for name, n in (("tokens", T), ("pos", T), ("slot", T), ("out_rows", B)):
+            getattr(state, name)[:n].copy_to_device(host[name][:n])
+
+    def _sample(self, state, B):
+        sp, ids = state.io.dev, state.io.ids_dev
+        sampling.sample_cuda(state.logits[:B], sp["temperature"][:B], sp["top_k"][:B], sp["top_p"][:B],
+                             sp["seed"][:B], sp["counter"][:B], ids[:B], **self.kw)
+
+    def _capture(self, cfg, weights, state, T, B, forward):
+        from cuda import core
+        dev = core.Device()
+        dev.set_current()
+        gb = dev.create_graph_builder()
+        gb.begin_building()
+        self.kw = {"stream": gb}
+        try:
+            forward(cfg, weights, state, self, T, B)
+            self._sample(state, B)
+        finally:
+            self.kw = {"stream": 0}
+        graph = gb.end_building().complete()
+        return graph, dev.default_stream
+
+    def step(self, cfg, weights, state, host, T, B, sp, rows, forward):
+        """One copy in (the packed inputs), the forward + sampling (a graph replay for decode), one copy out."""
+        io = state.io
+        h = io.host
+        if host is not h:                              # staged elsewhere (the Engine writes io.host directly)
+            for name, n in (("tokens", T), ("pos", T), ("slot", T), ("out_rows", B)):
+                h[name][:n] = host[name][:n]
+        for k in ("temperature", "top_k", "top_p", "seed", "counter"):
+            np.take(sp[k], rows, out=h[k][:B])
+        sp["counter"][rows] += 1
+        io.upload()
+        key = (T, B)
+        decode_only = T == B and self.graphs_enabled
+        if decode_only and key in self.graphs:
+            graph, stream = self.graphs[key]
+            graph.launch(stream)                       # the legacy default stream: ordered with the copies
+        elif decode_only and key in self.eager_seen:
+            self.graphs[key] = graph, stream = self._capture(cfg, weights, state, T, B, forward)
+            graph.launch(stream)
+        else:
+            forward(cfg, weights, state, self, T, B)
+            if B:
+                self._sample(state, B)
+            self.eager_seen.add(key)
+        return io.ids(B) if B else np.zeros(0, np.int32)
