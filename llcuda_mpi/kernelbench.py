@@ -84,7 +84,12 @@ def measure(device, types, shapes, batches, reps):
     from llcuda_mpi.kernels import matvec as mv
     from llcuda_mpi.kernels.quant_reference import random_raw
     on_gpu = device.kind == "cuda"
-    put = (lambda a: __import__("numba").cuda.to_device(a)) if on_gpu else (lambda a: a)
+    if on_gpu:
+        from numba import cuda
+        put = cuda.to_device
+    else:
+        def put(a):
+            return a
     call_mv = mv.matvec_cuda if on_gpu else mv.matvec_cpu
     timer, rng, out = _timer(device), np.random.default_rng(0), []
     for qtype in types:

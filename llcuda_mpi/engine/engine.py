@@ -145,9 +145,9 @@ class Engine:
             if seq.next_token >= 0 or budget <= 0:
                 continue
             n = min(len(seq.prompt) - seq.n_past, self.chunk, budget)
-            h["tokens"][T:T + n] = seq.prompt[seq.n_past:seq.n_past + n]
-            h["pos"][T:T + n] = np.arange(seq.n_past, seq.n_past + n)
-            h["slot"][T:T + n] = seq.slot
+            tokens[T:T + n] = seq.prompt[seq.n_past:seq.n_past + n]
+            pos[T:T + n] = np.arange(seq.n_past, seq.n_past + n)
+            slot[T:T + n] = seq.slot
             seq.n_past += n
             T, budget = T + n, budget - n
             if seq.n_past == len(seq.prompt):         # prompt done: sample its first token

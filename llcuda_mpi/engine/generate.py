@@ -32,8 +32,9 @@ def _device(choice):
     """auto -> cuda when a real GPU is visible (never the simulator), else cpu."""
     if choice != "auto":
         return choice
-    from numba import config, cuda
-    return "cuda" if not config.ENABLE_CUDASIM and cuda.is_available() else "cpu"
+    from llcuda_mpi.mpi import detect_gpus
+    n_visible, simulator = detect_gpus()
+    return "cuda" if n_visible and not simulator else "cpu"
 
 
 def run(args):
