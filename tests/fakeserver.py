@@ -61,6 +61,7 @@ class Reply:
     body: str = ""
     content_type: str = "application/json; charset=utf-8"
     delay: float = 0.0
+    drop: bool = False            # close the connection without answering at all
 
 
 def replay(name, **kwargs):
@@ -114,6 +115,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _reply(self, reply, stop):
         if reply.delay:
             stop.wait(reply.delay)
+        if reply.drop:
+            self.close_connection = True
+            return
         data = reply.body.encode()
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)

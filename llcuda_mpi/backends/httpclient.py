@@ -222,8 +222,17 @@ class HttpBackend(Backend):
         """Provenance from the server (overridden per API); never raises."""
         return {}
 
-    async def _get_json(self, path):
-        response = await self._client.get(path, timeout=10.0)
+    async def _get_json(self, path, attempts=3):
+        """GET `path` as JSON; a GET is idempotent, so a dropped connection (a pooled one the
+        server closed, a server still starting) is retried a few times before it counts."""
+        for attempt in range(attempts):
+            try:
+                response = await self._client.get(path, timeout=10.0)
+                break
+            except httpx.TransportError:
+                if attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(0.1 * (attempt + 1))
         response.raise_for_status()
         return response.json()
 

@@ -271,13 +271,36 @@ def test_poll_blocks_without_spinning(llama):
     assert 0.25 < wall < 1.0
     assert cpu < 0.1                              # blocked, not spinning
     t0 = time.monotonic()
-    assert llama.poll(0) == [] and time.monotonic() - t0 < 0.05
+    assert llama.poll(0) == [] and time.monotonic() - t0 < 0.2   # well under the 0.3 s it would block
 
 
 def test_describe_reads_props(llama):
     d = llama.describe()
     assert d["backend"] == "llama-server" and d["server_model"] == "models/tiny-llama-f32.gguf"
     assert d["server_slots"] == 1
+
+
+def test_describe_survives_a_dropped_props_connection(server):
+    # A server that closes a connection without answering (a kept-alive one it timed out,
+    # one still starting up): the GET is idempotent, so the probe asks again.
+    server.script("/props", Reply(drop=True), Reply(drop=True))
+    backend = make(LlamaServerBackend, server.url)
+    try:
+        d = backend.describe()
+        assert d["server_model"] == "models/tiny-llama-f32.gguf", d
+        assert len(server.client_ports("/props")) == 3
+    finally:
+        backend.close()
+
+
+def test_describe_records_a_server_that_never_answers_props(server):
+    server.script("/props", *[Reply(drop=True)] * 3)
+    backend = make(LlamaServerBackend, server.url)
+    try:
+        d = backend.describe()
+        assert "server_model" not in d and "GET /props" in d["server_probe_error"], d
+    finally:
+        backend.close()
 
 
 # -- openai --------------------------------------------------------------------

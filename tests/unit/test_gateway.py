@@ -136,7 +136,8 @@ def test_our_http_backends_can_benchmark_the_gateway(served, cls):
             assert c.status == "ok" and c.n_output == 5 and c.n_prompt == 3, c
             assert c.finish_reason == "length" and c.server_timings["predicted_n"] == 5
         assert tokens >= 3                                   # the streamed ones produced chunks
-        assert backend.describe().get("server_model") == "synthetic-test"
+        described = backend.describe()
+        assert described.get("server_model") == "synthetic-test", described
     finally:
         backend.close()
 

@@ -41,17 +41,15 @@ def test_timing_model_is_exact():
     assert "".join(ev.text for ev in tokens) == c.text and c.text
 
 
-def test_zero_latency_is_immediate_and_cheap():
+def test_zero_latency_is_immediate():
+    # Its cost per request is measured by benchmarks/dispatch.py, not asserted here.
     b = SyntheticBackend(SyntheticConfig(ttft_ms=0, tpot_ms=0))
-    t0 = time.process_time()          # CPU time: immune to a loaded machine
     for i in range(2000):
         b.submit(Request(i, prompt="x y", max_tokens=16))
     events = b.poll(0.0)
-    dt = time.process_time() - t0
     done = [e for e in events if isinstance(e, Completion)]
     assert len(done) == 2000 and b.busy() == 0
     assert sum(isinstance(e, TokenEvent) for e in events) == 2000   # one chunk per request
-    assert dt / 2000 < 200e-6, f"{dt / 2000 * 1e6:.1f} us per request"
 
 
 def test_poll_respects_its_timeout_when_idle_or_waiting():
