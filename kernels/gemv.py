@@ -269,10 +269,52 @@ def act(g, code):
     return float32(0.5) * g * (float32(1.0) + math.tanh(float32(GELU_C) * (g + float32(0.044715) * g * g * g)))
 
 
+def make_epilogue(NB, EPI, ACT):
+    """finish(part, acc, ...): the lane partials acc[b] of each warp's row -> y (bias, accumulate, SPLIT, SWIGLU).
+
+    part: shared (NB, WARPS, 33); lane b of each warp sums batch row b's 32 partials (shared memory:
+    the simulator has no shuffles); every thread of the block must call it (it synchronises).
+    """
+
+    @cuda.jit(device=True)
+    def finish(part, acc, lane, wy, row, nb, live, y, y2, y3, bias, has_bias, accumulate, n1, n2):
+        for b in range(NB):
+            part[b, wy, lane] = acc[b]
+        cuda.syncthreads()
+        if lane < nb:
+            v = float32(0.0)
+            for k in range(32):
+                v += part[lane, wy, k]
+            if has_bias and live:
+                v += bias[0, row]
+            if EPI == SWIGLU:
+                part[lane, wy, 32] = v     # column 32 is free: the warp's row result
+            elif live:
+                if EPI == SPLIT and row >= n1:
+                    if row < n1 + n2:
+                        y2[lane, row - n1] = v
+                    else:
+                        y3[lane, row - n1 - n2] = v
+                else:
+                    if accumulate:
+                        v += y[lane, row]
+                    y[lane, row] = v
+        if EPI == SWIGLU:
+            cuda.syncthreads()             # every warp's row result is in part[:, :, 32]
+            if wy % 2 == 0 and lane < nb and live:
+                v = act(part[lane, wy, 32], ACT) * part[lane, wy + 1, 32]
+                if accumulate:
+                    v += y[lane, row // 2]
+                y[lane, row // 2] = v
+
+    return finish
+
+
 def _make_kernel(kind, NB, NORM, EPI, ACT):
     dec, widx = DECODE[kind]
     RUN, RUNS = SHAPES[kind]
     XC = XS // NB if NORM else 1       # staged columns per batch row (NORM only)
+    finish = make_epilogue(NB, EPI, ACT)
 
     @cuda.jit(device=True)
     def fma_word(w, q, s, row, i, x, nb, vals, acc):
@@ -347,34 +389,7 @@ def _make_kernel(kind, NB, NORM, EPI, ACT):
             dot_rows(q, s, xs, row, lane, nw, nb, vals, acc, live)
         else:
             dot_rows(q, s, x, row, lane, nw, nb, vals, acc, live)
-        for b in range(NB):
-            part[b, wy, lane] = acc[b]
-        cuda.syncthreads()
-        if lane < nb:
-            v = float32(0.0)
-            for k in range(32):
-                v += part[lane, wy, k]
-            if has_bias and live:
-                v += bias[0, row]
-            if EPI == SWIGLU:
-                part[lane, wy, 32] = v     # column 32 is free: the warp's row result
-            elif live:
-                if EPI == SPLIT and row >= n1:
-                    if row < n1 + n2:
-                        y2[lane, row - n1] = v
-                    else:
-                        y3[lane, row - n1 - n2] = v
-                else:
-                    if accumulate:
-                        v += y[lane, row]
-                    y[lane, row] = v
-        if EPI == SWIGLU:
-            cuda.syncthreads()             # every warp's row result is in part[:, :, 32]
-            if wy % 2 == 0 and lane < nb and live:
-                v = act(part[lane, wy, 32], ACT) * part[lane, wy + 1, 32]
-                if accumulate:
-                    v += y[lane, row // 2]
-                y[lane, row // 2] = v
+        finish(part, acc, lane, wy, row, nb, live, y, y2, y3, bias, has_bias, accumulate, n1, n2)
 
     return gemv_kernel
 
@@ -422,6 +437,22 @@ def gemv_cuda(p, x, y, bias=None, accumulate=False, stream=0):
                                                   bool(accumulate), p.nw, p.rows, p.rows, 0, x2[0], np.float32(0))
 
 
+def epilogue_of(p, ys, bias, swiglu, accumulate):
+    """(epilogue, activation code) for outputs ys (2-D) of weight p; ValueError where they do not fit."""
+    widths = [y.shape[1] for y in ys]
+    if swiglu is not None:
+        epi, code = SWIGLU, {"silu": SILU, "gelu": GELU}[swiglu]
+        if len(ys) != 1 or p.rows != 2 * widths[0] or bias is not None:
+            raise ValueError(f"gemv swiglu: y {widths} must be half of the {p.rows} interleaved rows, no bias")
+    else:
+        epi, code = (SPLIT if len(ys) == 3 else PLAIN), SILU
+        if len(ys) not in (1, 3) or sum(widths) != p.rows:
+            raise ValueError(f"gemv: output widths {widths} do not add up to the weight's {p.rows} rows")
+    if epi == SPLIT and accumulate:
+        raise ValueError("gemv: accumulate is not supported with split outputs")
+    return epi, code
+
+
 def gemv_fused_cuda(p, x, ys, norm=None, eps=0.0, bias=None, swiglu=None, accumulate=False, stream=0):
     """One launch of the fused variants (all device arrays, no sync, no allocation).
 
@@ -434,19 +465,10 @@ def gemv_fused_cuda(p, x, ys, norm=None, eps=0.0, bias=None, swiglu=None, accumu
     B = x2.shape[0]
     _check_xy(p, x2, ys, B)
     widths = [y.shape[1] for y in ys]
-    if swiglu is not None:
-        epi, code = SWIGLU, {"silu": SILU, "gelu": GELU}[swiglu]
-        if len(ys) != 1 or p.rows != 2 * widths[0] or bias is not None:
-            raise ValueError(f"gemv swiglu: y {widths} must be half of the {p.rows} interleaved rows, no bias")
-    else:
-        epi, code = (SPLIT if len(ys) == 3 else PLAIN), SILU
-        if len(ys) not in (1, 3) or sum(widths) != p.rows:
-            raise ValueError(f"gemv: output widths {widths} do not add up to the weight's {p.rows} rows")
+    epi, code = epilogue_of(p, ys, bias, swiglu, accumulate)
     if norm is not None and (not norm_fits(B, p.cols) or norm.shape != (p.cols,)):
         raise ValueError(f"gemv norm: {B} x {p.cols} does not fit the prologue (norm_fits) or norm "
                          f"{tuple(norm.shape)} is not ({p.cols},)")
-    if epi == SPLIT and accumulate:
-        raise ValueError("gemv: accumulate is not supported with split outputs")
     y1, y2, y3 = (ys * 3)[:3] if len(ys) == 1 else ys
     b = y1 if bias is None else bias.reshape(1, p.rows)
     grid = ((p.rows + WARPS - 1) // WARPS,)

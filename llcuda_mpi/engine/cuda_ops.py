@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from llcuda_mpi.engine.ops import DoesNotFit, _Ops
-from llcuda_mpi.kernels import fused, gemm, gemv, matvec, sampling
+from llcuda_mpi.kernels import fused, gemm, gemv, gemvq, matvec, sampling
 
 
 class StepIO:
@@ -87,6 +87,11 @@ class CudaOps(_Ops):
         self.legacy = os.environ.get("LLCUDA_LEGACY_MATVEC", "") == "1"
         # LLCUDA_FUSE_NORM=0: RMSNorm as its own kernel before the fused gemvs (for benchmarks)
         self.fuse_norm = os.environ.get("LLCUDA_FUSE_NORM", "1") != "0"
+        # LLCUDA_INT8_X=1: Q8_0 / Q4_0 decode matvecs quantise x to int8 blocks for the dp4a kernels
+        # (kernels/gemvq.py, as llama.cpp's mmvq does) instead of the float gemv. Off by default until
+        # it has been measured and checked on a GPU (docs/performance.md, issue 7 round 3).
+        self.int8_x = os.environ.get("LLCUDA_INT8_X", "0") == "1"
+        self.scratch = {}                              # (B, cols) -> gemvq.Scratch (x quantised)
 
     def zeros(self, shape, dtype):
         return self.cuda.to_device(np.zeros(shape, dtype))
@@ -148,6 +153,8 @@ class CudaOps(_Ops):
         if p is None:
             return super().attn_in(lw, x, xb, q2, k2, v2, eps)
         bias = self.fused[id(lw)][1].get("qkv_bias")
+        if self._gemvq(p, x, lw.attn_norm, eps, [q2, k2, v2], bias=bias):
+            return
         if not (self.fuse_norm and gemv.norm_fits(T, p.cols)):
             self.rmsnorm(x, lw.attn_norm, eps, xb)
             x, nw = xb, None
@@ -161,13 +168,16 @@ class CudaOps(_Ops):
         p = self._fused(lw, "gate_up", T)
         if p is None:
             return super().ffn_in(lw, x, xb, gate, up, hb, eps, gelu)
+        act = "gelu" if gelu else "silu"
+        if self._gemvq(p, x, lw.ffn_norm, eps, [hb], swiglu=act):
+            return
         if not (self.fuse_norm and gemv.norm_fits(T, p.cols)):
             self.rmsnorm(x, lw.ffn_norm, eps, xb)
             x, nw = xb, None
         else:
             nw = lw.ffn_norm
         self.launches += 1
-        gemv.gemv_fused_cuda(p, x, [hb], norm=nw, eps=eps, swiglu="gelu" if gelu else "silu", **self.kw)
+        gemv.gemv_fused_cuda(p, x, [hb], norm=nw, eps=eps, swiglu=act, **self.kw)
 
     def rope_kv_store(self, q, k, v, k_cache, v_cache, slot, pos, base, neox, freq_factors):
         self.launches += 1
@@ -177,8 +187,26 @@ class CudaOps(_Ops):
         T = x.shape[0]
         if self.legacy or not self.fuse_norm or not gemv.norm_fits(T, w.cols) or (p := self._packed(w)) is None:
             return super().norm_matvec(x, nw, eps, w, out)
+        if self._gemvq(p, x, nw, eps, [out]):
+            return
         self.launches += 1
         gemv.gemv_fused_cuda(p, x, [out], norm=nw, eps=eps, **self.kw)
+
+    def _gemvq(self, p, x, norm, eps, ys, bias=None, swiglu=None, accumulate=False):
+        """x [RMSNorm-ed, when norm is given] quantised to int8, then the dp4a matvec: True if taken.
+
+        Only before a fused norm prologue would have run: the caller's x is the un-normalised input.
+        """
+        if not (self.int8_x and gemvq.supports(p) and x.shape[0] <= gemv.MAX_B):
+            return False
+        key = x.shape[0], p.cols
+        s = self.scratch.get(key)
+        if s is None:
+            s = self.scratch[key] = gemvq.scratch(*key, self.zeros)
+        self.launches += 2
+        gemvq.quantize_x_cuda(x, s, norm=norm, eps=eps, **self.kw)
+        gemvq.gemvq_cuda(p, s, ys, bias=bias, swiglu=swiglu, accumulate=accumulate, **self.kw)
+        return True
 
     def _packed(self, w):
         hit = self.packed.get(id(w.raw))
@@ -195,6 +223,9 @@ class CudaOps(_Ops):
         elif x.shape[0] > gemv.MAX_B:
             gemm.gemm_cuda(w.raw, w.qtype, x, out, bias=bias, accumulate=accumulate, **self.kw)
         elif (p := self._packed(w)) is not None:
+            if self._gemvq(p, x, None, 0.0, [out], bias=bias, accumulate=accumulate):
+                self.launches -= 1
+                return
             gemv.gemv_cuda(p, x, out, bias=bias, accumulate=accumulate, **self.kw)
         else:
             matvec.matvec_cuda(w.raw, w.qtype, x, out, bias=bias, accumulate=accumulate, **self.kw)

@@ -57,3 +57,19 @@ def test_generations_graph_eager_cpu_identical(model, arch, quant):
     assert graph_ops.graphs, "decode steps were never captured"
     assert graph == _generate(m, CudaOps(graphs=False))
     assert graph == _generate(m, CpuOps())
+
+
+@pytest.mark.parametrize("quant", ["Q8_0", "Q4_0", "Q4_K_M"])
+def test_int8_x_decode_path(model, quant, monkeypatch):
+    # LLCUDA_INT8_X=1: Q8_0 / Q4_0 decode matvecs through kernels/gemvq.py (x quantised to int8)
+    monkeypatch.setenv("LLCUDA_INT8_X", "1")
+    m = model("llama", quant)
+    tokens = [t % m.config.n_vocab for t in PROMPT[:6]]      # 6 rows: the decode (gemv) route
+    ops = CudaOps()
+    got = prompt_logits(m, ops, tokens)
+    assert ops.scratch, "the int8 route was not taken"
+    want = prompt_logits(m, CpuOps(), tokens)
+    assert np.abs(got - want).max() <= 0.03 * np.abs(want).max()
+    graph_ops = CudaOps(graphs=True)
+    graph = _generate(m, graph_ops)
+    assert graph_ops.graphs and graph == _generate(m, CudaOps(graphs=False))

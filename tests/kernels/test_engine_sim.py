@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from llcuda_mpi.backends.base import Completion, Request
-from llcuda_mpi.engine.engine import Engine, EngineConfig
+from llcuda_mpi.engine.engine import Engine, EngineConfig, prompt_logits
 from llcuda_mpi.engine.cuda_ops import CudaOps
 from llcuda_mpi.engine.ops import CpuOps
 from llcuda_mpi.model.gguf import load_model
@@ -40,3 +40,16 @@ def test_generations_identical_cpu_and_cuda(tmp_path):
     assert cpu == sim
     assert all(len(ids) == 3 for ids in cpu)
     assert np.all(np.asarray(cpu) < model.config.n_vocab)
+
+
+@pytest.mark.parametrize("quant", ["Q8_0", "Q4_0"])
+def test_int8_x_route_close_to_cpu(tmp_path, quant, monkeypatch):
+    # LLCUDA_INT8_X=1: decode-sized steps quantise x to int8 for kernels/gemvq.py
+    monkeypatch.setenv("LLCUDA_INT8_X", "1")
+    model = load_model(make_tiny_model("llama", tmp_path / "micro.gguf", quant=quant, seed=5, **MICRO))
+    tokens = [1, 17, 99, 203]
+    ops = CudaOps()
+    got = prompt_logits(model, ops, tokens)
+    assert set(ops.scratch) == {(4, 32)}, "the int8 route was not taken"
+    want = prompt_logits(model, CpuOps(), tokens)
+    assert np.abs(got - want).max() <= 0.03 * np.abs(want).max()

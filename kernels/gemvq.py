@@ -1,0 +1,226 @@
+"""Decode matvec with int8 activations (dp4a): y (B, rows) [+]= x (B, cols) @ W.T, Q8_0 / Q4_0 weights.
+
+Two launches. `quantize_x_cuda` turns x (optionally RMSNorm-ed first) into
+32-column blocks of int8 with a float scale xd and xs = xd * sum(q) (the
+Q8_1 scheme of llama.cpp's mmvq); `gemvq_cuda` then takes each 32-column
+block of a weight row as int64 words and dots it with the block of x in
+8 dp4a instructions (kernels/intrin.cu): Q8_0 row . x = sum over blocks of
+wd * xd * dot(wq, xq); Q4_0's nibbles n are q + 8, so its block is
+wd * (xd * dot(n, xq) - 8 * xs). The float path (kernels/gemv.py) spends
+about 5 instructions per weight element on unpacking and converting; this
+one spends about 1 per 4.
+
+Weights are `gemv.Packed` (gemv.pack): quants as int64 words (Q8_0: 4 words
+per block, Q4_0: 2), f16 scales apart. One warp per row, WARPS rows per
+block; lane l takes blocks l, l + 32, ...; the epilogue (bias, residual
+accumulate, split QKV outputs, SwiGLU pairs) is gemv's. Launchers never
+allocate: x's quantised copy lives in a `Scratch` the caller keeps.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numba import cuda, float32, int32, int64
+
+from . import gemv
+from ._common import SIM, block_sum
+from .intrin import dp4a, h2f
+
+KINDS = ("Q8_0", "Q4_0")
+WPB = {"Q8_0": 4, "Q4_0": 2}           # int64 words of quants per 32-column block
+QTPB = 32 if SIM else 256              # threads per block of quantize_x
+LO = 0xFFFFFFFF
+NIB = 0x0F0F0F0F
+
+
+@dataclass
+class Scratch:
+    """x quantised for gemvq, for batch B and width cols (device arrays)."""
+    xq: object      # int64 (B, cols / 8): int8 values, 8 per word
+    xd: object      # float32 (B, cols / 32): block scales
+    xs: object      # float32 (B, cols / 32): xd * sum of the block's int8 values
+    B: int
+    cols: int
+
+
+def scratch(B, cols, alloc):
+    """A Scratch for B rows of cols (a multiple of 32); alloc(shape, dtype) makes a device array."""
+    if cols % 32:
+        raise ValueError(f"gemvq: width {cols} is not a multiple of 32")
+    return Scratch(alloc((B, cols // 8), np.int64), alloc((B, cols // 32), np.float32),
+                   alloc((B, cols // 32), np.float32), B, cols)
+
+
+def supports(p):
+    """Whether a Packed weight can take this path."""
+    return p is not None and p.kind in KINDS
+
+
+# ---------------------------------------------------------------- quantise x
+
+@cuda.jit
+def quantize_x_kernel(x, nrm, use_norm, eps, xq, xd, xs):
+    """Block per batch row; thread per 32-column block: scale = amax / 127, q = round half away."""
+    b = cuda.blockIdx.x
+    tid = cuda.threadIdx.x
+    ncol = x.shape[1]
+    inv = float32(1.0)
+    if use_norm:
+        sh = cuda.shared.array(QTPB, float32)
+        ss = float32(0.0)
+        for c in range(tid, ncol, QTPB):
+            v = x[b, c]
+            ss += v * v
+        inv = float32(1.0) / math.sqrt(block_sum(sh, tid, ss) / float32(ncol) + eps)
+    for blk in range(tid, ncol // 32, QTPB):
+        c0 = 32 * blk
+        amax = float32(0.0)
+        for j in range(32):
+            v = x[b, c0 + j] * inv
+            if use_norm:
+                v *= nrm[c0 + j]
+            amax = max(amax, abs(v))
+        d = amax / float32(127.0)
+        idv = float32(1.0) / d if d > float32(0.0) else float32(0.0)
+        total = 0
+        for k in range(4):
+            word = int64(0)
+            for j in range(8):
+                v = x[b, c0 + 8 * k + j] * inv
+                if use_norm:
+                    v *= nrm[c0 + 8 * k + j]
+                t = v * idv
+                q = int32(t + float32(0.5)) if t >= float32(0.0) else int32(t - float32(0.5))
+                total += q
+                word |= int64(q & 0xFF) << (8 * j)
+            xq[b, 4 * blk + k] = word
+        xd[b, blk] = d
+        xs[b, blk] = d * float32(total)
+
+
+def quantize_x_cuda(x, s, norm=None, eps=0.0, stream=0):
+    """x (B, cols) float32 [RMSNorm-ed with weight norm first] -> s (a Scratch of the same shape)."""
+    x2 = gemv._as_2d(x)
+    B, cols = x2.shape
+    if (B, cols) != (s.B, s.cols):
+        raise ValueError(f"quantize_x: x {tuple(x2.shape)} does not fit the scratch ({s.B}, {s.cols})")
+    if norm is not None and norm.shape != (cols,):
+        raise ValueError(f"quantize_x: norm {tuple(norm.shape)} is not ({cols},)")
+    quantize_x_kernel[B, QTPB, stream](x2, x2[0] if norm is None else norm, norm is not None,
+                                       np.float32(eps), s.xq, s.xd, s.xs)
+
+
+def quantize_x_reference(x, norm=None, eps=0.0):
+    """numpy: (q int8 (B, cols), xd (B, nb), xs (B, nb)) as the kernel computes them (float32 steps)."""
+    x = np.asarray(x, np.float32).reshape(-1, np.shape(x)[-1])
+    if norm is not None:
+        inv = (np.float32(1.0) / np.sqrt((x * x).mean(axis=1, dtype=np.float32) + np.float32(eps)))
+        x = x * inv.astype(np.float32)[:, None] * np.asarray(norm, np.float32)
+    B, cols = x.shape
+    blocks = x.reshape(B, cols // 32, 32)
+    d = (np.abs(blocks).max(axis=2) / np.float32(127.0)).astype(np.float32)
+    idv = np.divide(np.float32(1.0), d, out=np.zeros_like(d), where=d > 0)
+    t = blocks * idv[:, :, None]
+    q = np.trunc(t + np.where(t >= 0, np.float32(0.5), np.float32(-0.5))).astype(np.int32)
+    return q.reshape(B, cols).astype(np.int8), d, (d * q.sum(axis=2)).astype(np.float32)
+
+
+# ---------------------------------------------------------------- the matvec
+
+@cuda.jit(device=True)
+def lo32(w):
+    return int32(w & LO)
+
+
+@cuda.jit(device=True)
+def hi32(w):
+    return int32((w >> 32) & LO)
+
+
+@cuda.jit(device=True)
+def dot_q8_0(q, row, blk, xq, b):
+    """Sum over the block's 32 columns of int8 weight x int8 x."""
+    t = 0
+    for k in range(4):
+        w = q[row, 4 * blk + k]
+        v = xq[b, 4 * blk + k]
+        t = dp4a(lo32(w), lo32(v), t)
+        t = dp4a(hi32(w), hi32(v), t)
+    return t
+
+
+@cuda.jit(device=True)
+def dot_q4_0(q, row, blk, xq, b):
+    """Sum of nibble x int8 x over the block: word k's low nibbles are columns 8k.., high 16 + 8k.."""
+    t = 0
+    for k in range(2):
+        w = q[row, 2 * blk + k]
+        v_lo = xq[b, 4 * blk + k]
+        v_hi = xq[b, 4 * blk + 2 + k]
+        t = dp4a(lo32(w) & NIB, lo32(v_lo), t)
+        t = dp4a(hi32(w) & NIB, hi32(v_lo), t)
+        t = dp4a((lo32(w) >> 4) & NIB, lo32(v_hi), t)
+        t = dp4a((hi32(w) >> 4) & NIB, hi32(v_hi), t)
+    return t
+
+
+def _make_kernel(kind, NB, EPI, ACT):
+    finish = gemv.make_epilogue(NB, EPI, ACT)
+    Q4 = kind == "Q4_0"
+    dot = dot_q4_0 if Q4 else dot_q8_0
+
+    @cuda.jit
+    def gemvq_kernel(q, s, xq, xd, xs, y, y2, y3, bias, has_bias, accumulate, nblk, rows, n1, n2):
+        lane = cuda.threadIdx.x
+        wy = cuda.threadIdx.y
+        row = cuda.blockIdx.x * gemv.WARPS + wy
+        nb = xq.shape[0]
+        live = row < rows                  # no early return: all threads reach the epilogue's barriers
+        acc = cuda.local.array(NB, float32)
+        part = cuda.shared.array((NB, gemv.WARPS, 33), float32)
+        for b in range(NB):
+            acc[b] = float32(0.0)
+        if live:
+            for blk in range(lane, nblk, 32):
+                wd = h2f(int32(s[row, blk]))
+                for b in range(NB):
+                    if b < nb:
+                        t = float32(dot(q, row, blk, xq, b))
+                        if Q4:
+                            acc[b] += wd * (xd[b, blk] * t - float32(8.0) * xs[b, blk])
+                        else:
+                            acc[b] += wd * xd[b, blk] * t
+        finish(part, acc, lane, wy, row, nb, live, y, y2, y3, bias, has_bias, accumulate, n1, n2)
+
+    return gemvq_kernel
+
+
+_KERNELS = {}
+
+
+def _kernel(kind, nb, epi, act_code):
+    NB = next(n for n in gemv.NBS if n >= nb)
+    key = kind, NB, epi, act_code
+    if key not in _KERNELS:
+        _KERNELS[key] = _make_kernel(*key)
+    return _KERNELS[key]
+
+
+def gemvq_cuda(p, s, ys, bias=None, swiglu=None, accumulate=False, stream=0):
+    """ys [+]= (x quantised in s) @ W.T, with gemv_fused_cuda's output forms (ys: [y] or [q, k, v];
+    swiglu: "silu" / "gelu" on interleaved gate/up rows). p: Packed Q8_0 / Q4_0 of device arrays."""
+    if not supports(p):
+        raise ValueError(f"gemvq: {p.kind if p is not None else None} weights are not {' / '.join(KINDS)}")
+    ys = [gemv._as_2d(y) for y in ys]
+    if s.cols != p.cols or not 1 <= s.B <= gemv.MAX_B or any(y.shape[0] != s.B for y in ys):
+        raise ValueError(f"gemvq: x ({s.B}, {s.cols}) / y {[tuple(y.shape) for y in ys]} do not fit the "
+                         f"{p.kind} weight {p.rows}x{p.cols} (batch at most {gemv.MAX_B})")
+    epi, code = gemv.epilogue_of(p, ys, bias, swiglu, accumulate)
+    widths = [y.shape[1] for y in ys]
+    y1, y2, y3 = (ys * 3)[:3] if len(ys) == 1 else ys
+    b = y1 if bias is None else bias.reshape(1, p.rows)
+    grid = ((p.rows + gemv.WARPS - 1) // gemv.WARPS,)
+    _kernel(p.kind, s.B, epi, code)[grid, (32, gemv.WARPS), stream](
+        p.q, p.s, s.xq, s.xd, s.xs, y1, y2, y3, b, bias is not None, bool(accumulate), p.cols // 32,
+        p.rows, widths[0], widths[1] if len(ys) == 3 else 0)

@@ -1,0 +1,85 @@
+"""kernels/intrin.cu (linked dp4a, half -> float) and kernels/gemvq.py on a real GPU vs the references.
+
+Run through the device tool: source .device/gpu-env.sh && python3 -m pytest tests/gpu -q
+"""
+
+import numpy as np
+import pytest
+from numba import config, cuda
+
+from llcuda_mpi.kernels import gemv, gemvq
+from llcuda_mpi.kernels.intrin import dp4a, dp4a_reference, h2f
+from llcuda_mpi.kernels.quant_reference import matvec_ref, random_raw
+
+pytestmark = pytest.mark.skipif(config.ENABLE_CUDASIM or not cuda.is_available(),
+                                reason="needs a real CUDA GPU (NUMBA_ENABLE_CUDASIM=0 and a device)")
+
+
+@pytest.fixture(autouse=True)
+def _no_occupancy_warnings(monkeypatch):
+    monkeypatch.setattr(config, "CUDA_LOW_OCCUPANCY_WARNINGS", 0)
+
+
+@cuda.jit
+def _dp4a_kernel(a, b, c, out):
+    i = cuda.grid(1)
+    if i < a.shape[0]:
+        out[i] = dp4a(a[i], b[i], c[i])
+
+
+@cuda.jit
+def _h2f_kernel(h, out):
+    i = cuda.grid(1)
+    if i < h.shape[0]:
+        out[i] = h2f(h[i])
+
+
+def test_linked_dp4a_matches_reference():
+    rng = np.random.default_rng(7)
+    n = 4096
+    a, b = (rng.integers(-2**31, 2**31, n, dtype=np.int64).astype(np.int32) for _ in range(2))
+    a[:4] = np.array([0x7F7F7F7F, 0x80808080 - 2**32, -1, 0], np.int64).astype(np.int32)
+    c = rng.integers(-2**20, 2**20, n).astype(np.int32)
+    out = cuda.device_array(n, np.int32)
+    _dp4a_kernel[(n + 255) // 256, 256](cuda.to_device(a), cuda.to_device(b), cuda.to_device(c), out)
+    want = np.array([dp4a_reference(*v) for v in zip(a, b, c)], np.int32)
+    assert np.array_equal(out.copy_to_host(), want)
+
+
+def test_linked_h2f_every_bit_pattern():
+    h = np.arange(65536, dtype=np.int32)
+    out = cuda.device_array(65536, np.float32)
+    _h2f_kernel[256, 256](cuda.to_device(h), out)
+    got = out.copy_to_host()
+    want = h.astype(np.uint16).view(np.float16).astype(np.float32)
+    nan = np.isnan(want)
+    assert np.array_equal(np.isnan(got), nan)
+    assert np.array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
+
+
+def _ref_from_scratch(raw, name, s):
+    q = s.xq.copy_to_host().view(np.int8).reshape(s.B, s.cols).astype(np.float64)
+    xd = s.xd.copy_to_host().astype(np.float64)
+    return matvec_ref(raw, name, (q.reshape(s.B, -1, 32) * xd[:, :, None]).reshape(s.B, s.cols))
+
+
+@pytest.mark.parametrize("name", gemvq.KINDS)
+@pytest.mark.parametrize("rows,cols,B", [(256, 2048, 1), (2048, 5632, 8), (1000, 2048, 3)])
+def test_quantize_and_gemvq(name, rows, cols, B):
+    rng = np.random.default_rng(rows + B)
+    raw = random_raw(name, rows, cols, rng)
+    x = rng.standard_normal((B, cols)).astype(np.float32)
+    nw = rng.standard_normal(cols).astype(np.float32)
+    y0 = rng.standard_normal((B, rows)).astype(np.float32)
+    s = gemvq.scratch(B, cols, cuda.device_array)
+    gemvq.quantize_x_cuda(cuda.to_device(x), s, norm=cuda.to_device(nw), eps=1e-5)
+    q = s.xq.copy_to_host().view(np.int8).reshape(B, cols)
+    q_ref, d_ref, _ = gemvq.quantize_x_reference(x, nw, 1e-5)
+    assert np.abs(q.astype(np.int32) - q_ref).max() <= 1 and (q != q_ref).mean() < 0.01
+    np.testing.assert_allclose(s.xd.copy_to_host(), d_ref, rtol=1e-5)
+    y = cuda.to_device(y0)
+    gemvq.gemvq_cuda(gemv.to_device(gemv.pack(raw, name), cuda.to_device), s, [y], accumulate=True)
+    ref = _ref_from_scratch(raw, name, s) + y0
+    got = y.copy_to_host()
+    tol = 1e-4 * np.abs(ref).max() + 1e-4 * np.abs(ref)
+    assert (np.abs(got - ref) - tol).max() <= 0
