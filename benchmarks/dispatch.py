@@ -46,7 +46,7 @@ def parse(argv=None):
 
 
 def one_run(comm, args):
-    rank, size = comm.Get_rank(), comm.Get_size()
+    rank = comm.Get_rank()
     backoff = Backoff(0.0, 0.0, spins=0) if args.idle == "spin" else Backoff()
     if args.scenario == "idle":
         n, synth = 1, SyntheticConfig(ttft_ms=args.idle_ttft_ms, tpot_ms=0)  # one busy worker, the rest idle

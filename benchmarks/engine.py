@@ -14,8 +14,6 @@ import json
 import os
 import time
 
-import numpy as np
-
 from llcuda_mpi.backends.base import Completion, Request
 from llcuda_mpi.engine.engine import Engine, EngineConfig
 from llcuda_mpi.engine.ops import make_ops

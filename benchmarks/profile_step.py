@@ -9,15 +9,10 @@ the gaps between kernels (graph node overhead) are the step's wall time minus th
 
 import argparse
 import os
-import re
 import time
 from collections import defaultdict
 
-from llcuda_mpi.backends.base import Request
-from llcuda_mpi.engine.cuda_ops import CudaOps
-from llcuda_mpi.engine.engine import Engine, EngineConfig
-from llcuda_mpi.model.gguf import load_model
-from llcuda_mpi.model.make import make_model
+from step_breakdown import decode_engine     # benchmarks/ is the script's directory, on sys.path
 
 
 def short(name):
@@ -52,15 +47,7 @@ def main():
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    path = os.path.join(a.model_dir, f"tinyllama-1.1b-{a.quant}.gguf")
-    if not os.path.exists(path):
-        make_model("tinyllama-1.1b", path, quant=a.quant)
-    ops = CudaOps(graphs=True)
-    eng = Engine(load_model(path), ops, EngineConfig(n_slots=a.batch, n_ctx=512, prefill_chunk=64))
-    for i in range(a.batch):
-        eng.submit(Request(i, prompt_tokens=[1, 100 + i, 200, 300], max_tokens=400, ignore_eos=True))
-    for _ in range(8):
-        eng.step()
+    eng, _ = decode_engine(a.quant, a.batch, a.model_dir, n_ctx=512, max_tokens=400)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         t0 = time.perf_counter()

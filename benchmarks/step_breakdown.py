@@ -26,21 +26,28 @@ def _empty():
     pass
 
 
+def decode_engine(quant, batch, model_dir, n_ctx=256, max_tokens=200):
+    """(Engine on CudaOps with graphs, ops) decoding `batch` sequences of the TinyLlama shape,
+    warmed up (kernels compiled, the decode graph captured); the model is made when missing."""
+    path = os.path.join(model_dir, f"tinyllama-1.1b-{quant}.gguf")
+    if not os.path.exists(path):
+        make_model("tinyllama-1.1b", path, quant=quant)
+    ops = CudaOps(graphs=True)
+    eng = Engine(load_model(path), ops, EngineConfig(n_slots=batch, n_ctx=n_ctx, prefill_chunk=64))
+    for i in range(batch):
+        eng.submit(Request(i, prompt_tokens=[1, 100 + i, 200, 300], max_tokens=max_tokens, ignore_eos=True))
+    for _ in range(8):
+        eng.step()
+    return eng, ops
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quant", default="Q8_0")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--model-dir", default=os.environ.get("TMPDIR", "/tmp"))
     a = ap.parse_args()
-    path = os.path.join(a.model_dir, f"tinyllama-1.1b-{a.quant}.gguf")
-    if not os.path.exists(path):
-        make_model("tinyllama-1.1b", path, quant=a.quant)
-    ops = CudaOps(graphs=True)
-    eng = Engine(load_model(path), ops, EngineConfig(n_slots=a.batch, n_ctx=256, prefill_chunk=64))
-    for i in range(a.batch):
-        eng.submit(Request(i, prompt_tokens=[1, 100 + i, 200, 300], max_tokens=200, ignore_eos=True))
-    for _ in range(8):
-        eng.step()
+    eng, ops = decode_engine(a.quant, a.batch, a.model_dir)
     n = 30
     t0 = time.perf_counter()
     for _ in range(n):

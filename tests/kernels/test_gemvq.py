@@ -8,7 +8,7 @@ from numba import config, cuda
 
 from llcuda_mpi.kernels import gemv, gemvq
 from llcuda_mpi.kernels.intrin import dp4a_reference, h2f_reference
-from llcuda_mpi.kernels.quant_reference import dequantize_rows, matvec_ref, random_raw
+from llcuda_mpi.kernels.quant_reference import matvec_ref, random_raw
 
 pytestmark = pytest.mark.skipif(not config.ENABLE_CUDASIM, reason="simulator tests (tests/gpu has the device ones)")
 
