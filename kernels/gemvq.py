@@ -1,4 +1,4 @@
-"""Decode matvec with int8 activations (dp4a): y (B, rows) [+]= x (B, cols) @ W.T, Q8_0 / Q4_0 weights.
+"""Decode matvec with int8 activations (dp4a): y (B, rows) [+]= x (B, cols) @ W.T, Q8_0 / Q4_0 / Q4_K / Q6_K.
 
 Two launches. `quantize_x_cuda` turns x (optionally RMSNorm-ed first) into
 32-column blocks of int8 with a float scale xd and xs = xd * sum(q) (the
@@ -6,13 +6,18 @@ Q8_1 scheme of llama.cpp's mmvq); `gemvq_cuda` then takes each 32-column
 block of a weight row as int64 words and dots it with the block of x in
 8 dp4a instructions (kernels/intrin.cu): Q8_0 row . x = sum over blocks of
 wd * xd * dot(wq, xq); Q4_0's nibbles n are q + 8, so its block is
-wd * (xd * dot(n, xq) - 8 * xs). The float path (kernels/gemv.py) spends
+wd * (xd * dot(n, xq) - 8 * xs); Q4_K's 32-column sub-blocks are
+d * sc * xd * dot(n, xq) - dmin * m * xs; Q6_K's 16-column groups are
+d * sc * xd * (dot(q, xq) - 32 * sum(xq)), sum(xq) by dp4a against ones.
+The float path (kernels/gemv.py) spends
 about 5 instructions per weight element on unpacking and converting; this
 one spends about 1 per 4.
 
 Weights are `gemv.Packed` (gemv.pack): quants as int64 words (Q8_0: 4 words
-per block, Q4_0: 2), f16 scales apart. One warp per row, WARPS rows per
-block; lane l takes blocks l, l + 32, ...; the epilogue (bias, residual
+per block, Q4_0: 2, f16 scales apart; Q4_K: the raw 144-byte blocks; Q6_K:
+ql|qh words, scales|d bytes apart). One warp per row, WARPS rows per block;
+lane l takes work units l, l + 32, ... (a 32-column block of Q8_0 / Q4_0, a
+64-column piece of a K block); the epilogue (bias, residual
 accumulate, split QKV outputs, SwiGLU pairs) is gemv's. Launchers never
 allocate: x's quantised copy lives in a `Scratch` the caller keeps.
 """
@@ -27,8 +32,7 @@ from . import gemv
 from ._common import SIM, block_sum
 from .intrin import dp4a, h2f
 
-KINDS = ("Q8_0", "Q4_0")
-WPB = {"Q8_0": 4, "Q4_0": 2}           # int64 words of quants per 32-column block
+KINDS = ("Q8_0", "Q4_0", "Q4_K", "Q6_K")
 QTPB = 32 if SIM else 256              # threads per block of quantize_x
 LO = 0xFFFFFFFF
 NIB = 0x0F0F0F0F
@@ -165,13 +169,103 @@ def dot_q4_0(q, row, blk, xq, b):
     return t
 
 
+ONES = 0x01010101
+
+
+@cuda.jit(device=True)
+def unit_q8_0(q, s, row, u, xq, xd, xs, b):
+    """Unit u = 32-column block u."""
+    return h2f(int32(s[row, u])) * xd[b, u] * float32(dot_q8_0(q, row, u, xq, b))
+
+
+@cuda.jit(device=True)
+def unit_q4_0(q, s, row, u, xq, xd, xs, b):
+    """Unit u = 32-column block u; nibbles n = q + 8."""
+    return h2f(int32(s[row, u])) * (xd[b, u] * float32(dot_q4_0(q, row, u, xq, b)) - float32(8.0) * xs[b, u])
+
+
+@cuda.jit(device=True)
+def unit_q4_k(q, s, row, u, xq, xd, xs, b):
+    """Unit u = 64 columns: chunk c = u & 3 of 256-block k = u >> 2, i.e. qs bytes 32c..32c+31
+    (words 2 + 4c.. of the block's 18): low nibbles are sub-block 2c, high nibbles 2c + 1."""
+    k = u >> 2
+    c = u & 3
+    h0 = q[row, 18 * k]
+    h1 = q[row, 18 * k + 1]
+    d = h2f(int32(h0 & 0xFFFF))
+    dmin = h2f(int32((h0 >> 16) & 0xFFFF))
+    x1 = 8 * k + 2 * c                      # x blocks of the two sub-blocks
+    t1 = 0
+    t2 = 0
+    for j in range(4):
+        w = q[row, 18 * k + 2 + 4 * c + j]
+        v1 = xq[b, 4 * x1 + j]
+        v2 = xq[b, 4 * x1 + 4 + j]
+        t1 = dp4a(lo32(w) & NIB, lo32(v1), t1)
+        t1 = dp4a(hi32(w) & NIB, hi32(v1), t1)
+        t2 = dp4a((lo32(w) >> 4) & NIB, lo32(v2), t2)
+        t2 = dp4a((hi32(w) >> 4) & NIB, hi32(v2), t2)
+    sc1, m1 = gemv.sc_min(h0, h1, 2 * c)
+    sc2, m2 = gemv.sc_min(h0, h1, 2 * c + 1)
+    return (d * float32(sc1) * xd[b, x1] * float32(t1) - dmin * float32(m1) * xs[b, x1]
+            + d * float32(sc2) * xd[b, x1 + 1] * float32(t2) - dmin * float32(m2) * xs[b, x1 + 1])
+
+
+@cuda.jit(device=True)
+def q6_half(ql, qh, sh):
+    """Four 6-bit quants (as bytes) from 4 nibbles of ql (already shifted and masked) and qh >> sh."""
+    return ql | (((qh >> sh) & 0x03030303) << 4)
+
+
+@cuda.jit(device=True)
+def unit_q6_k(q, s, row, u, xq, xd, xs, b):
+    """Unit u = 64 columns of 256-block k = u >> 2, (h, e) = (u >> 1 & 1, u & 1): ql words
+    8h + 4e + l (l < 4) give columns 128h + 32e + 8l.. (low nibbles, qh bits 2e) and 64 columns
+    further (high nibbles, qh bits 4 + 2e); qh words 16 + 4h + l; a scale per 16 columns."""
+    k = u >> 2
+    h = (u >> 1) & 1
+    e = u & 1
+    base = 18 * k
+    d = h2f(int32(s[row, base + 16]) | (int32(s[row, base + 17]) << 8))
+    x1 = 8 * k + 4 * h + e                  # x block of the low-nibble columns; high: x1 + 2
+    total = float32(0.0)
+    for half in range(2):                   # low nibbles, then high
+        xb = x1 + 2 * half
+        sh = 2 * e + 4 * half
+        r = float32(0.0)
+        for g in range(2):                  # 16-column groups: words l = 2g, 2g + 1
+            t = 0
+            n = 0
+            for l2 in range(2):
+                l = 2 * g + l2
+                w = q[row, 24 * k + 8 * h + 4 * e + l]
+                hw = q[row, 24 * k + 16 + 4 * h + l]
+                v = xq[b, 4 * xb + l]
+                if half == 0:
+                    a0 = lo32(w) & NIB
+                    a1 = hi32(w) & NIB
+                else:
+                    a0 = (lo32(w) >> 4) & NIB
+                    a1 = (hi32(w) >> 4) & NIB
+                t = dp4a(q6_half(a0, lo32(hw), sh), lo32(v), t)
+                t = dp4a(q6_half(a1, hi32(hw), sh), hi32(v), t)
+                n = dp4a(ONES, lo32(v), n)
+                n = dp4a(ONES, hi32(v), n)
+            sc = gemv.i8(int32(s[row, base + 8 * h + 2 * e + g + 4 * half]))
+            r += float32(sc) * float32(t - 32 * n)
+        total += d * xd[b, xb] * r
+    return total
+
+
+UNITS = {"Q8_0": (unit_q8_0, 32), "Q4_0": (unit_q4_0, 32), "Q4_K": (unit_q4_k, 64), "Q6_K": (unit_q6_k, 64)}
+
+
 def _make_kernel(kind, NB, EPI, ACT):
     finish = gemv.make_epilogue(NB, EPI, ACT)
-    Q4 = kind == "Q4_0"
-    dot = dot_q4_0 if Q4 else dot_q8_0
+    unit = UNITS[kind][0]
 
     @cuda.jit
-    def gemvq_kernel(q, s, xq, xd, xs, y, y2, y3, bias, has_bias, accumulate, nblk, rows, n1, n2):
+    def gemvq_kernel(q, s, xq, xd, xs, y, y2, y3, bias, has_bias, accumulate, nunits, rows, n1, n2):
         lane = cuda.threadIdx.x
         wy = cuda.threadIdx.y
         row = cuda.blockIdx.x * gemv.WARPS + wy
@@ -182,15 +276,10 @@ def _make_kernel(kind, NB, EPI, ACT):
         for b in range(NB):
             acc[b] = float32(0.0)
         if live:
-            for blk in range(lane, nblk, 32):
-                wd = h2f(int32(s[row, blk]))
+            for u in range(lane, nunits, 32):
                 for b in range(NB):
                     if b < nb:
-                        t = float32(dot(q, row, blk, xq, b))
-                        if Q4:
-                            acc[b] += wd * (xd[b, blk] * t - float32(8.0) * xs[b, blk])
-                        else:
-                            acc[b] += wd * xd[b, blk] * t
+                        acc[b] += unit(q, s, row, u, xq, xd, xs, b)
         finish(part, acc, lane, wy, row, nb, live, y, y2, y3, bias, has_bias, accumulate, n1, n2)
 
     return gemvq_kernel
@@ -222,5 +311,5 @@ def gemvq_cuda(p, s, ys, bias=None, swiglu=None, accumulate=False, stream=0):
     b = y1 if bias is None else bias.reshape(1, p.rows)
     grid = ((p.rows + gemv.WARPS - 1) // gemv.WARPS,)
     _kernel(p.kind, s.B, epi, code)[grid, (32, gemv.WARPS), stream](
-        p.q, p.s, s.xq, s.xd, s.xs, y1, y2, y3, b, bias is not None, bool(accumulate), p.cols // 32,
+        p.q, p.s, s.xq, s.xd, s.xs, y1, y2, y3, b, bias is not None, bool(accumulate), p.cols // UNITS[p.kind][1],
         p.rows, widths[0], widths[1] if len(ys) == 3 else 0)

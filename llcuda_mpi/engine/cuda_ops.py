@@ -87,7 +87,7 @@ class CudaOps(_Ops):
         self.legacy = os.environ.get("LLCUDA_LEGACY_MATVEC", "") == "1"
         # LLCUDA_FUSE_NORM=0: RMSNorm as its own kernel before the fused gemvs (for benchmarks)
         self.fuse_norm = os.environ.get("LLCUDA_FUSE_NORM", "1") != "0"
-        # LLCUDA_INT8_X=1: Q8_0 / Q4_0 decode matvecs quantise x to int8 blocks for the dp4a kernels
+        # LLCUDA_INT8_X=1: Q8_0 / Q4_0 / Q4_K / Q6_K decode matvecs quantise x to int8 blocks for the dp4a kernels
         # (kernels/gemvq.py, as llama.cpp's mmvq does) instead of the float gemv. Off by default until
         # it has been measured and checked on a GPU (docs/performance.md, issue 7 round 3).
         self.int8_x = os.environ.get("LLCUDA_INT8_X", "0") == "1"

@@ -92,8 +92,10 @@ def test_gemvq_matches_reference(name, B, rng, close):
 
 
 @pytest.mark.parametrize("name", gemvq.KINDS)
+# Q6_K's random gates reach |g| ~ 100: exp(-g) overflows float32 to inf on the simulator (silu -> 0, right)
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_gemvq_split_and_swiglu_with_norm(name, rng, close):
-    B, cols = 2, 128
+    B, cols = 2, 256
     x = rng.standard_normal((B, cols)).astype(np.float32)
     nw = rng.standard_normal(cols).astype(np.float32)
     s = _quantize(x, nw, 1e-6)
