@@ -111,8 +111,9 @@ def _kv_store_cpu(k, v, k_cache, v_cache, slot, pos):
         v_cache[s, p] = v[t]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
 def _attention_cpu(q, k_cache, v_cache, slot, pos, scale, window, out):
+    # reassoc: the q.k sums vectorise; v is accumulated row by row (contiguous, no reduction over d)
     T, H, D = q.shape
     group = H // k_cache.shape[2]
     for th in prange(T * H):
@@ -126,23 +127,29 @@ def _attention_cpu(q, k_cache, v_cache, slot, pos, scale, window, out):
         lo = 0
         if window > 0 and p - window + 1 > 0:
             lo = p - window + 1
+        qv = q[t, h]
         sc = np.empty(p + 1 - lo, np.float32)
         m = np.float32(-np.inf)
         for j in range(lo, p + 1):
+            kr = k_cache[s, j, kh]
             acc = np.float32(0.0)
             for d in range(D):
-                acc += q[t, h, d] * k_cache[s, j, kh, d]
+                acc += qv[d] * kr[d]
             sc[j - lo] = acc * scale
             m = max(m, sc[j - lo])
         tot = np.float32(0.0)
         for j in range(sc.size):
             sc[j] = np.float32(math.exp(sc[j] - m))
             tot += sc[j]
+        o = np.zeros(D, np.float32)
+        for j in range(lo, p + 1):
+            wj = sc[j - lo]
+            vr = v_cache[s, j, kh]
+            for d in range(D):
+                o[d] += wj * vr[d]
+        inv = np.float32(1.0) / tot
         for d in range(D):
-            o = np.float32(0.0)
-            for j in range(lo, p + 1):
-                o += sc[j - lo] * v_cache[s, j, kh, d]
-            out[t, h, d] = o / tot
+            out[t, h, d] = o[d] * inv
 
 
 def _check_cache(k_cache, v_cache, device):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llcuda_mpi.kernels import activations, attention, elementwise, gather, matvec, norm, rope, sampling
+from llcuda_mpi.kernels import activations, attention, decode_cpu, elementwise, gather, matvec, norm, rope, sampling
 from llcuda_mpi.kernels import embedding as embedding_k
 
 
@@ -163,6 +163,29 @@ class CpuOps(_Ops):
 
     def to_host(self, a):
         return np.array(a)
+
+    # Fused steps (kernels/decode_cpu.py): one numba call each instead of 3-5 validated ones.
+    # The arrays are the engine's own (shapes fixed when it allocated them); results are bitwise
+    # those of the plain ops above.
+    def matvec(self, w, x, out, bias=None, accumulate=False):
+        decode_cpu.norm_matvecs(x, None, 0.0, None, [(w.qtype, w.raw, bias, out)], accumulate=accumulate)
+
+    def attn_in(self, lw, x, xb, q2, k2, v2, eps):
+        decode_cpu.norm_matvecs(x, lw.attn_norm, eps, xb, [
+            (lw.attn_q.qtype, lw.attn_q.raw, lw.attn_q_bias, q2),
+            (lw.attn_k.qtype, lw.attn_k.raw, lw.attn_k_bias, k2),
+            (lw.attn_v.qtype, lw.attn_v.raw, lw.attn_v_bias, v2)])
+
+    def ffn_in(self, lw, x, xb, gate, up, hb, eps, gelu):
+        decode_cpu.norm_matvecs(x, lw.ffn_norm, eps, xb, [
+            (lw.ffn_gate.qtype, lw.ffn_gate.raw, None, gate),
+            (lw.ffn_up.qtype, lw.ffn_up.raw, None, up)], act="gelu" if gelu else "silu", hb=hb)
+
+    def rope_kv_store(self, q, k, v, k_cache, v_cache, slot, pos, base, neox, freq_factors):
+        decode_cpu.rope_kv_store(q, k, v, k_cache, v_cache, slot, pos, base, neox, freq_factors)
+
+    def norm_matvec(self, x, nw, eps, w, out):
+        decode_cpu.norm_matvecs(x, nw, eps, x, [(w.qtype, w.raw, None, out)])
 
     def load_inputs(self, state, host, T, B):
         """Copy this step's token ids, positions, slots and output rows into the state."""

@@ -25,6 +25,16 @@ PROMPT, N = "The capital of France is", 20
 
 
 def _llama_cpp(path):
+    # llama.cpp logs through an asynchronous writer thread; now and then a run exits before it has
+    # written the text (exit 0, empty stdout: seen with b11434). A greedy run is deterministic: rerun.
+    for _ in range(3):
+        text = _llama_cpp_once(path)
+        if text:
+            return text
+    return text
+
+
+def _llama_cpp_once(path):
     run = subprocess.run([str(COMPLETION), "-m", str(path), "-p", PROMPT, "-n", str(N), "-no-cnv", "--temp", "0",
                           "-t", "1", "-c", "256", "--no-warmup", "-fa", "off", "-ctk", "f32", "-ctv", "f32"],
                          capture_output=True, timeout=120, stdin=subprocess.DEVNULL,

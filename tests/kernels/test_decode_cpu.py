@@ -1,0 +1,99 @@
+"""kernels/decode_cpu.py: the CPU engine's fused steps equal the plain ops they replace, bit for bit,
+on one thread (serial kernel) and on two (row chunks over threads)."""
+
+import numba
+import numpy as np
+import pytest
+
+from llcuda_mpi.kernels import activations, attention, decode_cpu, matvec, norm, rope
+from llcuda_mpi.kernels.quant_reference import random_raw
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    before = numba.get_num_threads()
+    n = min(request.param, numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(n)
+    yield n
+    numba.set_num_threads(before)
+
+
+def _plain_matvec(raw, qtype, x, y, bias=None, accumulate=False):
+    matvec.matvec_cpu(raw, qtype, x, y, bias=bias, accumulate=accumulate)
+
+
+@pytest.mark.parametrize("qtype", ["F32", "F16", "Q8_0", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("T", [1, 3])
+def test_norm_qkv_equals_plain_ops(qtype, T, threads, rng):
+    cols = 256
+    rows = (512, 128, 128) if threads == 1 else (4096, 512, 512)   # big enough to be split over threads
+    raws = [random_raw(qtype, r, cols, rng) for r in rows]
+    biases = [rng.standard_normal(r).astype(np.float32) for r in rows]
+    biases[1] = None
+    x = rng.standard_normal((T, cols)).astype(np.float32)
+    nw = rng.standard_normal(cols).astype(np.float32)
+    xb, want_xb = np.zeros_like(x), np.zeros_like(x)
+    norm.rmsnorm_cpu(x, nw, 1e-5, want_xb)
+    want = [np.zeros((T, r), np.float32) for r in rows]
+    for raw, b, y in zip(raws, biases, want):
+        _plain_matvec(raw, qtype, want_xb, y, bias=b)
+    got = [np.zeros((T, r), np.float32) for r in rows]
+    decode_cpu.norm_matvecs(x, nw, 1e-5, xb, [(qtype, raw, b, y) for raw, b, y in zip(raws, biases, got)])
+    assert np.array_equal(xb, want_xb)
+    for g, w in zip(got, want):
+        assert np.array_equal(g, w)
+
+
+@pytest.mark.parametrize("act", ["silu", "gelu"])
+def test_norm_gate_up_act_equals_plain_ops(act, threads, rng):
+    T, cols, n_ff = 2, 256, 1024 if threads == 1 else 4096
+    gate_raw, up_raw = random_raw("Q8_0", n_ff, cols, rng), random_raw("Q8_0", n_ff, cols, rng)
+    x = rng.standard_normal((T, cols)).astype(np.float32)
+    nw = rng.standard_normal(cols).astype(np.float32)
+    xb = np.zeros_like(x)
+    norm.rmsnorm_cpu(x, nw, 1e-6, xb)
+    g, u, want = (np.zeros((T, n_ff), np.float32) for _ in range(3))
+    _plain_matvec(gate_raw, "Q8_0", xb, g)
+    _plain_matvec(up_raw, "Q8_0", xb, u)
+    (activations.silu_mul_cpu if act == "silu" else activations.gelu_mul_cpu)(g, u, want)
+    g2, u2, hb, xb2 = np.zeros_like(g), np.zeros_like(u), np.zeros_like(want), np.zeros_like(x)
+    decode_cpu.norm_matvecs(x, nw, 1e-6, xb2, [("Q8_0", gate_raw, None, g2), ("Q8_0", up_raw, None, u2)],
+                            act=act, hb=hb)
+    assert np.array_equal(g2, g) and np.array_equal(u2, u) and np.array_equal(hb, want)
+
+
+def test_plain_matvec_with_accumulate_and_strided_x(threads, rng):
+    raw = random_raw("Q4_0", 300, 512, rng)
+    xs = rng.standard_normal((2, 1024)).astype(np.float32)[:, ::2]    # a strided view
+    y0 = rng.standard_normal((2, 300)).astype(np.float32)
+    want, got = y0.copy(), y0.copy()
+    _plain_matvec(raw, "Q4_0", np.ascontiguousarray(xs), want, accumulate=True)
+    decode_cpu.norm_matvecs(xs, None, 0.0, None, [("Q4_0", raw, None, got)], accumulate=True)
+    assert np.array_equal(got, want)
+
+
+def test_norm_matvecs_rejects_bad_combinations(rng):
+    raw = random_raw("F32", 4, 32, rng)
+    x, y = np.zeros((1, 32), np.float32), np.zeros((1, 4), np.float32)
+    with pytest.raises(ValueError, match="1-3 weights"):
+        decode_cpu.norm_matvecs(x, None, 0.0, None, [])
+    with pytest.raises(ValueError, match="an act needs 2"):
+        decode_cpu.norm_matvecs(x, None, 0.0, None, [("F32", raw, None, y)], act="silu", hb=y)
+
+
+@pytest.mark.parametrize("neox,ff", [(False, False), (True, True)])
+def test_rope_kv_store_equals_plain_ops(neox, ff, rng):
+    T, H, Hkv, D, S, C = 3, 8, 2, 32, 2, 16
+    q = rng.standard_normal((T, H, D)).astype(np.float32)
+    k = rng.standard_normal((T, Hkv, D)).astype(np.float32)
+    v = rng.standard_normal((T, Hkv, D)).astype(np.float32)
+    slot = np.array([0, 1, 1], np.int32)
+    pos = np.array([5, 0, 15], np.int32)
+    freqs = (rng.random(D // 2) + 0.5).astype(np.float32) if ff else None
+    q1, k1, kc1, vc1 = q.copy(), k.copy(), np.zeros((S, C, Hkv, D), np.float32), np.zeros((S, C, Hkv, D), np.float32)
+    rope.rope_cpu(q1, k1, pos, 10000.0, neox, freqs)
+    attention.kv_store_cpu(k1, v, kc1, vc1, slot, pos)
+    q2, k2, kc2, vc2 = q.copy(), k.copy(), np.zeros_like(kc1), np.zeros_like(vc1)
+    decode_cpu.rope_kv_store(q2, k2, v, kc2, vc2, slot, pos, 10000.0, neox, freqs)
+    for a, b in ((q1, q2), (k1, k2), (kc1, kc2), (vc1, vc2)):
+        assert np.array_equal(a, b)
