@@ -38,6 +38,8 @@ from gguf import GGUFValueType
 
 from llcuda_mpi.model.config import ARCHITECTURES, ModelConfig
 
+MAX_LAYERS = 4096                   # block_count above this is refused as absurd
+
 
 class ModelError(ValueError):
     """A bad model file; the message names the file, the tensor and the field."""
@@ -106,7 +108,7 @@ def config_from_metadata(meta: dict, tensor_names, path) -> ModelConfig:
     scaling = meta.get(p + "rope.scaling.type", "none")
     if scaling != "none" and _get(meta, p + "rope.scaling.factor", float, path, 1.0) != 1.0:
         raise ModelError(path, f"rope scaling {scaling!r} is not supported", field=p + "rope.scaling.type")
-    n_layer = _positive(meta, p + "block_count", path, limit=4096)
+    n_layer = _positive(meta, p + "block_count", path, limit=MAX_LAYERS)
     cfg = ModelConfig(
         arch=arch, n_vocab=0, n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv,
         n_ff=_positive(meta, p + "feed_forward_length", path),

@@ -26,6 +26,7 @@ calling ensure_default_model() at once each write a complete identical file
 and the last rename wins.
 """
 
+import errno
 import functools
 import os
 import pathlib
@@ -37,7 +38,7 @@ import zlib
 import numpy as np
 import gguf
 
-from llcuda_mpi.model.arch import expected_shapes, llama3_rope_freqs, metadata_from_config
+from llcuda_mpi.model.arch import config_from_metadata, expected_shapes, llama3_rope_freqs, metadata_from_config
 from llcuda_mpi.model.config import ModelConfig
 from llcuda_mpi.model.gguf import read_header
 from llcuda_mpi.model.presets import PRESETS, Preset
@@ -129,14 +130,24 @@ def make_model(preset: str, path, quant: str = "F32", seed: int = 0, **overrides
         raise ValueError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
     if quant not in QUANTS:
         raise ValueError(f"unknown quant {quant!r} (known: {', '.join(QUANTS)})")
+    if seed < 0:
+        raise ValueError(f"seed {seed}: must be >= 0")
     p: Preset = PRESETS[preset].with_overrides(**overrides)
+    p.check()
     tok = vocab_metadata(p.vocab, p.n_vocab)
     n_vocab = len(next(v for k, v, _, _ in tok if k == "tokenizer.ggml.tokens"))
     cfg = p.config(n_vocab)
     shapes = expected_shapes(cfg)
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # The loader's own checks before a byte is written: never write a file `inspect` refuses.
+    config_from_metadata({key: value for key, value, _ in metadata_from_config(cfg)}, shapes, path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:   # name the file asked for, not the temporary one
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
     os.close(fd)
     try:
         w = gguf.GGUFWriter(tmp, arch=cfg.arch)
@@ -238,7 +249,11 @@ def run(args) -> int:
     try:
         overrides = _parse_set(args.set)
         path = make_model(args.preset, output, quant=args.quant, seed=args.seed, **overrides)
-    except (ValueError, OSError) as exc:
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"llcuda-mpi make-model: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
         print(f"llcuda-mpi make-model: error: {exc}", file=sys.stderr)
         return 2
     size = os.path.getsize(path)

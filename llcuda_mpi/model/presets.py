@@ -9,9 +9,11 @@ are for tests: a 512-token slice of the llama-spm vocabulary (ids 0-2 are
 encodable) and n_embd 64 (256 with K-quants, see `make.make_tiny_model`).
 """
 
+import math
 from dataclasses import dataclass, fields, replace
 
-from llcuda_mpi.model.config import ModelConfig
+from llcuda_mpi.model.arch import MAX_LAYERS
+from llcuda_mpi.model.config import ARCHITECTURES, ModelConfig
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,32 @@ class Preset:
         if unknown:
             raise ValueError(f"unknown preset field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
         return replace(self, **overrides)
+
+    def check(self) -> None:
+        """Raise ValueError naming the field if this shape cannot make a file the loader reads."""
+        def bad(name, why):
+            raise ValueError(f"{name}={getattr(self, name)!r}: {why}")
+        if self.arch not in ARCHITECTURES:
+            bad("arch", f"expected one of {', '.join(ARCHITECTURES)}")
+        for name in ("n_embd", "n_layer", "n_head", "n_head_kv", "n_ff", "n_ctx_train"):
+            if getattr(self, name) < 1:
+                bad(name, "must be >= 1")
+        for name in ("n_vocab", "head_dim", "sliding_window", "sliding_window_pattern"):
+            if getattr(self, name) < 0:
+                bad(name, "must be >= 0")
+        if self.n_layer > MAX_LAYERS:
+            bad("n_layer", f"must be <= {MAX_LAYERS}")
+        if self.n_head % self.n_head_kv:
+            bad("n_head_kv", f"must divide n_head ({self.n_head})")
+        head_dim = self.head_dim or self.n_embd // self.n_head
+        if head_dim < 2 or head_dim % 2:
+            raise ValueError(f"head_dim {head_dim} (n_embd // n_head unless set): must be even and >= 2")
+        for name in ("norm_eps", "rope_base", "rope_base_swa"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                bad(name, "must be positive and finite")
+        for name in ("llama3_rope_factor", "logit_softcap"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                bad(name, "must be >= 0 and finite")
 
 
 _TINY = dict(vocab="llama-spm", n_vocab=512, n_embd=64, n_layer=2, n_head=4, n_head_kv=2, n_ff=128,

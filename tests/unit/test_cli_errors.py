@@ -1,0 +1,46 @@
+"""User mistakes on the command line: one clear line on stderr, exit 2, never a traceback or a hang.
+
+Each case runs `python -m llcuda_mpi ...` in a subprocess, as a user would.
+"""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def cli(*argv, cwd=None, timeout=60):
+    proc = subprocess.run([sys.executable, "-m", "llcuda_mpi", *map(str, argv)], capture_output=True,
+                          text=True, cwd=cwd, timeout=timeout, stdin=subprocess.DEVNULL)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def assert_user_error(result, command, match, rc=2):
+    code, _, err = result
+    assert "Traceback" not in err, err
+    assert code == rc, (code, err)
+    assert err.startswith(f"llcuda-mpi {command}: error: ") and match in err, err
+
+
+@pytest.mark.parametrize("argv,match", [
+    (("--set", "n_layer=-1"), "n_layer=-1: must be >= 1"),
+    (("--set", "n_head=0"), "n_head=0: must be >= 1"),
+    (("--set", "head_dim=0", "--set", "n_embd=7"), "head_dim 1 (n_embd // n_head"),
+    (("--set", "n_head_kv=3"), "n_head_kv=3: must divide n_head"),
+    (("--set", "arch=nope"), "arch='nope'"),
+    (("--set", "norm_eps=nan"), "norm_eps=nan"),
+    (("--set", "n_layer=100000"), "must be <= 4096"),
+    (("--preset", "tiny-gemma3", "--set", "sliding_window=-1"), "sliding_window=-1"),
+    (("--seed", "-1"), "seed -1: must be >= 0"),
+])
+def test_make_model_bad_fields(tmp_path, argv, match):
+    out = tmp_path / "m.gguf"
+    assert_user_error(cli("make-model", "--preset", "tiny-llama", "-o", out, *argv), "make-model", match)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_make_model_unwritable_output(tmp_path):
+    assert_user_error(cli("make-model", "--preset", "tiny-llama", "-o", "/proc/x.gguf"), "make-model",
+                      "/proc/x.gguf: No such file or directory")
+    assert_user_error(cli("make-model", "--preset", "tiny-llama", "-o", tmp_path), "make-model",
+                      f"{tmp_path}: Is a directory")
