@@ -13,91 +13,20 @@ model. These fuse what CudaOps fuses on the GPU:
 Arrays are the engine's (validated when it allocated them); the weight rows are
 read by kernels/matvec_cpu.py's row kernels, so results equal the plain ops'
 bit for bit (tests/kernels/test_decode_cpu.py). References: the plain ops.
+The numba kernels behind norm_matvecs are in matvec_cpu.py: numba's disk cache
+keys a function on its own file only, so whatever calls the row kernels must
+live in that file to be recompiled when they change.
 """
 
 import math
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from . import quant_blocks as qb
 from .activations import GELU, SILU
-from .matvec_cpu import CHUNKS_PER_THREAD, PAR_MIN_BYTES, _rows
-
-NONE = -1          # no activation epilogue
-
-
-@njit(cache=True)
-def _rmsnorm_into(x, w, eps, out):
-    T, n = x.shape
-    for t in range(T):
-        acc = np.float32(0.0)
-        for i in range(n):
-            acc += x[t, i] * x[t, i]
-        inv = np.float32(1.0) / np.float32(math.sqrt(acc / np.float32(n) + eps))
-        for i in range(n):
-            out[t, i] = x[t, i] * inv * w[i]
-
-
-@njit(cache=True)
-def _gate_into(y1, y2, act, hb):
-    """hb = act(y1) * y2 (kernels/activations.py's CPU formulas)."""
-    T, n = hb.shape
-    for t in range(T):
-        for i in range(n):
-            g = y1[t, i]
-            if act == SILU:
-                a = g / (np.float32(1.0) + np.float32(math.exp(-g)))
-            else:
-                inner = np.float32(0.7978845608028654) * (g + np.float32(0.044715) * g * g * g)
-                a = np.float32(0.5) * g * (np.float32(1.0) + np.float32(math.tanh(inner)))
-            hb[t, i] = a * y2[t, i]
-
-
-@njit(cache=True)
-def _norm_matvecs_serial(x, nw, use_norm, eps, xn, nmat,
-                         qt1, w1, b1, hb1, y1, qt2, w2, b2, hb2, y2, qt3, w3, b3, hb3, y3,
-                         accumulate, act, hb):
-    src = x
-    if use_norm:
-        _rmsnorm_into(x, nw, eps, xn)
-        src = xn
-    buf = np.empty(src.shape[1], np.float32)            # the row kernels' scratch (a decoded row, K scales)
-    _rows(qt1, w1, src, y1, b1, hb1, accumulate, 0, w1.shape[0], buf)
-    if nmat > 1:
-        _rows(qt2, w2, src, y2, b2, hb2, accumulate, 0, w2.shape[0], buf)
-    if nmat > 2:
-        _rows(qt3, w3, src, y3, b3, hb3, accumulate, 0, w3.shape[0], buf)
-    if act != NONE:
-        _gate_into(y1, y2, act, hb)
-
-
-@njit(parallel=True, cache=True)
-def _norm_matvecs_parallel(x, nw, use_norm, eps, xn, nmat,
-                           qt1, w1, b1, hb1, y1, qt2, w2, b2, hb2, y2, qt3, w3, b3, hb3, y3,
-                           accumulate, act, hb, chunk):
-    src = x
-    if use_norm:
-        _rmsnorm_into(x, nw, eps, xn)
-        src = xn
-    c1 = (w1.shape[0] + chunk - 1) // chunk
-    c2 = (w2.shape[0] + chunk - 1) // chunk if nmat > 1 else 0
-    c3 = (w3.shape[0] + chunk - 1) // chunk if nmat > 2 else 0
-    for c in prange(c1 + c2 + c3):                      # row chunks of all the weights
-        buf = np.empty(src.shape[1], np.float32)
-        if c < c1:
-            r0 = c * chunk
-            _rows(qt1, w1, src, y1, b1, hb1, accumulate, r0, min(w1.shape[0], r0 + chunk), buf)
-        elif c < c1 + c2:
-            r0 = (c - c1) * chunk
-            _rows(qt2, w2, src, y2, b2, hb2, accumulate, r0, min(w2.shape[0], r0 + chunk), buf)
-        else:
-            r0 = (c - c1 - c2) * chunk
-            _rows(qt3, w3, src, y3, b3, hb3, accumulate, r0, min(w3.shape[0], r0 + chunk), buf)
-    if act != NONE:
-        _gate_into(y1, y2, act, hb)
-
+from .matvec_cpu import CHUNKS_PER_THREAD, NONE, PAR_MIN_BYTES, _norm_matvecs_parallel, _norm_matvecs_serial
 
 _CODES = {}        # qtype name -> quant_blocks code
 

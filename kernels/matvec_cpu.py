@@ -21,6 +21,8 @@ The launchers (matvec.matvec_cpu, embedding.embedding_cpu) validate and call
 work (a parallel region costs more than it saves on a 256x256 weight).
 """
 
+import math
+
 import numba
 import numpy as np
 from llvmlite import ir
@@ -530,12 +532,86 @@ def _rows_fused(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf):
             _finish(y, 0, r, _fdot_q6_k(w[r], x, 0, buf), bias, has_bias, accumulate)
 
 
+@njit(fastmath={"reassoc", "contract"}, cache=True)
+def _dot4x4(w0, w1, w2, w3, x0, x1, x2, x3):
+    """The 16 dot products of 4 weight rows with 4 rows of x: 16 FMAs per 8 loads (a dot per
+    (row, x row) is 1 per 2); 16 vector accumulators fit AVX-512's registers."""
+    a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = np.float32(0.0)
+    a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = np.float32(0.0)
+    for k in range(w0.shape[0]):
+        p0 = w0[k]
+        p1 = w1[k]
+        p2 = w2[k]
+        p3 = w3[k]
+        q0 = x0[k]
+        q1 = x1[k]
+        q2 = x2[k]
+        q3 = x3[k]
+        a00 += p0 * q0
+        a01 += p0 * q1
+        a02 += p0 * q2
+        a03 += p0 * q3
+        a10 += p1 * q0
+        a11 += p1 * q1
+        a12 += p1 * q2
+        a13 += p1 * q3
+        a20 += p2 * q0
+        a21 += p2 * q1
+        a22 += p2 * q2
+        a23 += p2 * q3
+        a30 += p3 * q0
+        a31 += p3 * q1
+        a32 += p3 * q2
+        a33 += p3 * q3
+    return a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33
+
+
+@njit(cache=True)
+def _rows_tiled(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf):
+    """B >= 4 (prefill, batched decode): rows r0..r1 in tiles of 4 rows x 4 rows of x (_dot4x4);
+    leftover x rows by single dots, leftover weight rows by _rows_decoded."""
+    B, cols = x.shape
+    tile = np.empty((4, cols), np.float32)
+    r = r0
+    while r + 4 <= r1:
+        if qt == F32:                               # F32 rows are read in place
+            wf = w[r:r + 4].view(np.float32)
+            t0, t1, t2, t3 = wf[0], wf[1], wf[2], wf[3]
+        else:
+            for i in range(4):
+                _decode_row(qt, w[r + i], tile[i])
+            t0, t1, t2, t3 = tile[0], tile[1], tile[2], tile[3]
+        b = 0
+        while b + 4 <= B:
+            s = _dot4x4(t0, t1, t2, t3, x[b], x[b + 1], x[b + 2], x[b + 3])
+            for i in range(4):                      # written out: a call per output costs as much as a tile
+                for j in range(4):
+                    v = s[4 * i + j]
+                    if has_bias:
+                        v += bias[0, r + i]
+                    if accumulate:
+                        v += y[b + j, r + i]
+                    y[b + j, r + i] = v
+            b += 4
+        while b < B:
+            _finish(y, b, r, _dot(t0, x[b]), bias, has_bias, accumulate)
+            _finish(y, b, r + 1, _dot(t1, x[b]), bias, has_bias, accumulate)
+            _finish(y, b, r + 2, _dot(t2, x[b]), bias, has_bias, accumulate)
+            _finish(y, b, r + 3, _dot(t3, x[b]), bias, has_bias, accumulate)
+            b += 1
+        r += 4
+    if r < r1:
+        _rows_decoded(qt, w, x, y, bias, has_bias, accumulate, r, r1, buf)
+
+
 @njit(cache=True)
 def _rows(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf):
     """y[:, r0:r1] [+]= x @ W[r0:r1].T [+ bias]."""
     k_quant = qt == Q4_K or qt == Q5_K or qt == Q6_K
     if x.shape[0] == 1 and (k_quant or (x.shape[1] >= FUSED_MIN_COLS and (qt == Q8_0 or qt == Q4_0))):
         _rows_fused(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf)
+    elif x.shape[0] >= 4:
+        _rows_tiled(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf)
     else:
         _rows_decoded(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf)
 
@@ -564,6 +640,116 @@ def matvec(qt, w, x, y, bias, has_bias, accumulate):
     else:
         chunk = -(-rows // (CHUNKS_PER_THREAD * threads))
         _matvec_parallel(qt, w, x, y, bias, has_bias, accumulate, chunk)
+
+
+# ---------------------------------------------------------------- exp
+
+# exp on the CPU: libm's expf is a scalar call (~4.4 ns here) that keeps loops from vectorising;
+# this one (Cody-Waite range reduction, degree-7 polynomial, the exponent set through the bits)
+# vectorises (~0.4 ns) and is within 8e-8 relative of exp on [-87, 88] (tests/kernels/test_decode_cpu.py).
+# A copy lives in each module that uses it: numba's disk cache keys a function on its own file only.
+
+@intrinsic
+def _f32_from_bits(typingctx, v):
+    sig = types.float32(types.int32)
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return sig, codegen
+
+
+@njit(inline="always")
+def exp32(x):
+    """float32 exp(x); 0-ish below -87.3 (1.2e-38), inf above 88.7."""
+    x = min(max(x, np.float32(-87.3)), np.float32(88.7))
+    t = x * np.float32(1.4426950408889634)
+    n = np.float32(np.int32(t + np.float32(0.5) if t >= np.float32(0.0) else t - np.float32(0.5)))
+    r = x - n * np.float32(0.693145751953125) - n * np.float32(1.428606765330187e-06)
+    p = np.float32(1.0 / 5040.0)
+    p = p * r + np.float32(1.0 / 720.0)
+    p = p * r + np.float32(1.0 / 120.0)
+    p = p * r + np.float32(1.0 / 24.0)
+    p = p * r + np.float32(1.0 / 6.0)
+    p = p * r + np.float32(0.5)
+    p = p * r + np.float32(1.0)
+    p = p * r + np.float32(1.0)
+    return p * _f32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
+
+
+# ---------------------------------------------------------------- fused decode steps (kernels/decode_cpu.py)
+
+NONE, SILU, GELU = -1, 0, 1      # activation epilogue codes (kernels/activations.py's SILU / GELU)
+
+
+@njit(cache=True)
+def _rmsnorm_into(x, w, eps, out):
+    T, n = x.shape
+    for t in range(T):
+        acc = np.float32(0.0)
+        for i in range(n):
+            acc += x[t, i] * x[t, i]
+        inv = np.float32(1.0) / np.float32(math.sqrt(acc / np.float32(n) + eps))
+        for i in range(n):
+            out[t, i] = x[t, i] * inv * w[i]
+
+
+@njit(cache=True)
+def _gate_into(y1, y2, act, hb):
+    """hb = act(y1) * y2 (kernels/activations.py's CPU formulas)."""
+    T, n = hb.shape
+    for t in range(T):
+        for i in range(n):
+            g = y1[t, i]
+            if act == SILU:
+                a = g / (np.float32(1.0) + exp32(-g))
+            else:
+                inner = np.float32(0.7978845608028654) * (g + np.float32(0.044715) * g * g * g)
+                a = np.float32(0.5) * g * (np.float32(1.0) + np.float32(math.tanh(inner)))
+            hb[t, i] = a * y2[t, i]
+
+
+@njit(cache=True)
+def _norm_matvecs_serial(x, nw, use_norm, eps, xn, nmat,
+                         qt1, w1, b1, hb1, y1, qt2, w2, b2, hb2, y2, qt3, w3, b3, hb3, y3,
+                         accumulate, act, hb):
+    src = x
+    if use_norm:
+        _rmsnorm_into(x, nw, eps, xn)
+        src = xn
+    buf = np.empty(src.shape[1], np.float32)            # the row kernels' scratch (a decoded row, K scales)
+    _rows(qt1, w1, src, y1, b1, hb1, accumulate, 0, w1.shape[0], buf)
+    if nmat > 1:
+        _rows(qt2, w2, src, y2, b2, hb2, accumulate, 0, w2.shape[0], buf)
+    if nmat > 2:
+        _rows(qt3, w3, src, y3, b3, hb3, accumulate, 0, w3.shape[0], buf)
+    if act != NONE:
+        _gate_into(y1, y2, act, hb)
+
+
+@njit(parallel=True, cache=True)
+def _norm_matvecs_parallel(x, nw, use_norm, eps, xn, nmat,
+                           qt1, w1, b1, hb1, y1, qt2, w2, b2, hb2, y2, qt3, w3, b3, hb3, y3,
+                           accumulate, act, hb, chunk):
+    src = x
+    if use_norm:
+        _rmsnorm_into(x, nw, eps, xn)
+        src = xn
+    c1 = (w1.shape[0] + chunk - 1) // chunk
+    c2 = (w2.shape[0] + chunk - 1) // chunk if nmat > 1 else 0
+    c3 = (w3.shape[0] + chunk - 1) // chunk if nmat > 2 else 0
+    for c in prange(c1 + c2 + c3):                      # row chunks of all the weights
+        buf = np.empty(src.shape[1], np.float32)
+        if c < c1:
+            r0 = c * chunk
+            _rows(qt1, w1, src, y1, b1, hb1, accumulate, r0, min(w1.shape[0], r0 + chunk), buf)
+        elif c < c1 + c2:
+            r0 = (c - c1) * chunk
+            _rows(qt2, w2, src, y2, b2, hb2, accumulate, r0, min(w2.shape[0], r0 + chunk), buf)
+        else:
+            r0 = (c - c1 - c2) * chunk
+            _rows(qt3, w3, src, y3, b3, hb3, accumulate, r0, min(w3.shape[0], r0 + chunk), buf)
+    if act != NONE:
+        _gate_into(y1, y2, act, hb)
 
 
 # ---------------------------------------------------------------- embedding

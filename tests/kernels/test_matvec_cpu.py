@@ -47,14 +47,16 @@ def test_matvec_formats_batches(rng, close, name, batch):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_matvec_parallel_path(rng, close, name):
-    """Enough work for the parallel kernel (PAR_MIN_BYTES), a row count no chunk size divides."""
+@pytest.mark.parametrize("batch", [1, 5])
+def test_matvec_parallel_path(rng, close, name, batch):
+    """Enough work for the parallel kernel (PAR_MIN_BYTES), a row count no chunk size divides;
+    batch 5: 4x4 tiles (chunk edges not on tile edges) plus a leftover row of x."""
     cols = _cols(name, 2 if qb.format_of(name).block == 256 else 16)
     rows = 1 + mvc.PAR_MIN_BYTES // qb.row_bytes(name, cols)
     old = numba.get_num_threads()
     numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
     try:
-        _run(rng, close, name, rows, cols, 1, True, True)
+        _run(rng, close, name, rows, cols, batch, True, True)
     finally:
         numba.set_num_threads(old)
 
