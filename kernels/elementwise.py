@@ -8,7 +8,7 @@ Reference: kernels.reference.add / scale / softcap.
 import math
 
 import numpy as np
-from numba import cuda, float32, njit, prange
+from numba import cuda, njit, prange
 
 from ._common import TPB_ELT, as_2d, blocks, check
 

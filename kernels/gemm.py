@@ -14,7 +14,6 @@ accumulating); float addition order then varies run to run.
 The launcher never allocates, copies or synchronises (graph-capturable).
 """
 
-import numpy as np
 from numba import cuda, float32
 
 from . import quant_blocks as qb
