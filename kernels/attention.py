@@ -147,13 +147,14 @@ def _kv_store_cpu(k, v, k_cache, v_cache, slot, pos):
 
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
 def _attention_cpu(q, k_cache, v_cache, slot, pos, scale, window, out):
-    # reassoc: the q.k sums vectorise; v is accumulated row by row (contiguous, no reduction over d)
+    # One task per (token, kv head): the query heads of a GQA group share each k and v row load.
+    # reassoc: the q.k sums vectorise; v is accumulated row by row (contiguous, no reduction over d).
     T, H, D = q.shape
-    group = H // k_cache.shape[2]
-    for th in prange(T * H):
-        t = th // H
-        h = th % H
-        kh = h // group
+    Hkv = k_cache.shape[2]
+    group = H // Hkv
+    for tk in prange(T * Hkv):
+        t = tk // Hkv
+        kh = tk % Hkv
         s = slot[t]
         p = pos[t]
         if s < 0 or s >= k_cache.shape[0] or p < 0 or p >= k_cache.shape[1]:
@@ -161,29 +162,38 @@ def _attention_cpu(q, k_cache, v_cache, slot, pos, scale, window, out):
         lo = 0
         if window > 0 and p - window + 1 > 0:
             lo = p - window + 1
-        qv = q[t, h]
-        sc = np.empty(p + 1 - lo, np.float32)
-        m = np.float32(-np.inf)
+        n = p + 1 - lo
+        h0 = kh * group
+        sc = np.empty((group, n), np.float32)
         for j in range(lo, p + 1):
             kr = k_cache[s, j, kh]
-            acc = np.float32(0.0)
-            for d in range(D):
-                acc += qv[d] * kr[d]
-            sc[j - lo] = acc * scale
-            m = max(m, sc[j - lo])
-        tot = np.float32(0.0)
-        for j in range(sc.size):
-            sc[j] = exp32(sc[j] - m)
-            tot += sc[j]
-        o = np.zeros(D, np.float32)
+            for g in range(group):
+                qv = q[t, h0 + g]
+                acc = np.float32(0.0)
+                for d in range(D):
+                    acc += qv[d] * kr[d]
+                sc[g, j - lo] = acc * scale
+        inv = np.empty(group, np.float32)
+        for g in range(group):
+            m = np.float32(-np.inf)
+            for j in range(n):
+                m = max(m, sc[g, j])
+            tot = np.float32(0.0)
+            for j in range(n):
+                e = exp32(sc[g, j] - m)
+                sc[g, j] = e
+                tot += e
+            inv[g] = np.float32(1.0) / tot
+        o = np.zeros((group, D), np.float32)
         for j in range(lo, p + 1):
-            wj = sc[j - lo]
             vr = v_cache[s, j, kh]
+            for g in range(group):
+                wj = sc[g, j - lo]
+                for d in range(D):
+                    o[g, d] += wj * vr[d]
+        for g in range(group):
             for d in range(D):
-                o[d] += wj * vr[d]
-        inv = np.float32(1.0) / tot
-        for d in range(D):
-            out[t, h, d] = o[d] * inv
+                out[t, h0 + g, d] = o[g, d] * inv[g]
 
 
 def _check_cache(k_cache, v_cache, device):
