@@ -30,7 +30,8 @@ from numba import cuda, float32, int32, int64
 
 from . import gemv
 from ._common import SIM, block_sum
-from .intrin import dp4a, h2f
+from .intrin import dp4a as _dp4a
+from .intrin import h2f
 
 KINDS = ("Q8_0", "Q4_0", "Q4_K", "Q6_K")
 QTPB = 32 if SIM else 256              # threads per block of quantize_x
@@ -133,6 +134,12 @@ def quantize_x_reference(x, norm=None, eps=0.0):
 # ---------------------------------------------------------------- the matvec
 
 @cuda.jit(device=True)
+def dp4a(a, b, c):
+    """intrin.dp4a with every operand int32 (the masks and shifts here are int64 expressions)."""
+    return _dp4a(int32(a), int32(b), int32(c))
+
+
+@cuda.jit(device=True)
 def lo32(w):
     return int32(w & LO)
 
@@ -145,7 +152,7 @@ def hi32(w):
 @cuda.jit(device=True)
 def dot_q8_0(q, row, blk, xq, b):
     """Sum over the block's 32 columns of int8 weight x int8 x."""
-    t = 0
+    t = int32(0)
     for k in range(4):
         w = q[row, 4 * blk + k]
         v = xq[b, 4 * blk + k]
@@ -157,7 +164,7 @@ def dot_q8_0(q, row, blk, xq, b):
 @cuda.jit(device=True)
 def dot_q4_0(q, row, blk, xq, b):
     """Sum of nibble x int8 x over the block: word k's low nibbles are columns 8k.., high 16 + 8k.."""
-    t = 0
+    t = int32(0)
     for k in range(2):
         w = q[row, 2 * blk + k]
         v_lo = xq[b, 4 * blk + k]
@@ -195,8 +202,8 @@ def unit_q4_k(q, s, row, u, xq, xd, xs, b):
     d = h2f(int32(h0 & 0xFFFF))
     dmin = h2f(int32((h0 >> 16) & 0xFFFF))
     x1 = 8 * k + 2 * c                      # x blocks of the two sub-blocks
-    t1 = 0
-    t2 = 0
+    t1 = int32(0)
+    t2 = int32(0)
     for j in range(4):
         w = q[row, 18 * k + 2 + 4 * c + j]
         v1 = xq[b, 4 * x1 + j]
@@ -234,8 +241,8 @@ def unit_q6_k(q, s, row, u, xq, xd, xs, b):
         sh = 2 * e + 4 * half
         r = float32(0.0)
         for g in range(2):                  # 16-column groups: words l = 2g, 2g + 1
-            t = 0
-            n = 0
+            t = int32(0)
+            n = int32(0)
             for l2 in range(2):
                 l = 2 * g + l2
                 w = q[row, 24 * k + 8 * h + 4 * e + l]
