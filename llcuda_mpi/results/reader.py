@@ -7,6 +7,7 @@ message naming the file.
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
 import h5py
@@ -136,6 +137,14 @@ def _open(path):
     try:
         return h5py.File(path, "r")
     except OSError as first:
+        if "truncated file" in str(first):
+            # An SWMR read skips the end-of-file check too, then retries every read past the
+            # end with back-off: minutes per object, a hang to the user. A live or killed
+            # writer's file fails the open-for-write check instead (see below).
+            stored = re.search(r"stored_eof = (\d+)", str(first))
+            expected = f" of the {stored[1]} its superblock records" if stored else ""
+            raise ResultsError(f"{path}: truncated HDF5 file ({os.path.getsize(path)} bytes{expected}): "
+                               f"an incomplete copy?") from None
         # A file last opened by an SWMR writer that never closed (kill -9):
         # HDF5 refuses a plain open, an SWMR read skips that check.
         try:

@@ -3,6 +3,7 @@
 Each case runs `python -m llcuda_mpi ...` in a subprocess, as a user would.
 """
 
+import pathlib
 import subprocess
 import sys
 
@@ -44,3 +45,22 @@ def test_make_model_unwritable_output(tmp_path):
                       "/proc/x.gguf: No such file or directory")
     assert_user_error(cli("make-model", "--preset", "tiny-llama", "-o", tmp_path), "make-model",
                       f"{tmp_path}: Is a directory")
+
+
+def test_report_truncated_file_fails_fast(tmp_path):
+    from llcuda_mpi.results.example import write_example
+    whole = write_example(tmp_path / "ok.h5")
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(pathlib.Path(whole).read_bytes()[:3000])   # an interrupted copy: SWMR reads retried for minutes
+    assert_user_error(cli("report", cut, timeout=30), "report", "cut.h5: truncated HDF5 file (3000 bytes")
+
+
+@pytest.mark.parametrize("content,match", [
+    (None, "no such file"),
+    (b"hello\n", "not an HDF5 file"),
+])
+def test_report_not_results(tmp_path, content, match):
+    path = tmp_path / "r.h5"
+    if content is not None:
+        path.write_bytes(content)
+    assert_user_error(cli("report", path), "report", match)
