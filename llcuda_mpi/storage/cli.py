@@ -105,7 +105,8 @@ def run(args) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"{PROG}: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{PROG}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
 
 
@@ -117,6 +118,10 @@ def _add(store, args):
     m = store.add_file(args.file, name, tag)
     print(f"added {name}:{tag} {m['blobs'][0]['digest']} ({_size(m['size'])}, "
           f"{m['metadata'].get('architecture')}, {m['metadata'].get('file_type', '?')})")
+    if not m["metadata"].get("engine_ok", True):
+        # Kept (llama-server may still load it), but a truncated copy should not pass unnoticed.
+        print(f"{PROG}: warning: the engine cannot load {name}:{tag}: {m['metadata'].get('problem')}",
+              file=sys.stderr)
     return 0
 
 

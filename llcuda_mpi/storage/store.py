@@ -103,7 +103,10 @@ def gguf_metadata(path, label=None) -> dict:
                 "tensor_types": dict(sorted(types.items())), "n_tensors": len(m.tensors),
                 "n_params": m.n_params, "engine_ok": True}
     except ModelError as exc:
-        meta = {"format": "gguf", "architecture": "unknown", "engine_ok": False, "problem": str(exc)}
+        problem = str(exc)
+        if exc.path == str(path):       # name the file the user gave, not the store's partial copy
+            problem = f"{label}{problem[len(exc.path):]}"
+        meta = {"format": "gguf", "architecture": "unknown", "engine_ok": False, "problem": problem}
         try:
             with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
                 header = read_header(path, buf)     # mapped: the header only is paged in
@@ -223,7 +226,7 @@ class Store:
         with f, BlobWriter(self.blobs, what) as w:
             buf = bytearray(HASH_CHUNK)
             view = memoryview(buf)
-            while n := f.readinto(buf):
+            while n := self._read_into(f, buf, what, src):
                 w.write(view[:n])
             digest = "sha256:" + w.hexdigest()
             if expected and digest_hex(expected) != w.hexdigest():
@@ -232,6 +235,13 @@ class Store:
             checked = check(w.path) if check else None
             self.publish(w, digest)
             return digest, w.size, checked
+
+    @staticmethod
+    def _read_into(f, buf, what, src) -> int:
+        try:
+            return f.readinto(buf)
+        except OSError as exc:                        # EIO mid-file: name the source, not ''
+            raise StoreError(f"{what}: cannot read {src}: {exc.strerror or exc}") from None
 
     def publish(self, writer: BlobWriter, digest: str) -> bool:
         """Rename a finished temporary blob into place; False when an intact copy was already there."""

@@ -64,3 +64,26 @@ def test_report_not_results(tmp_path, content, match):
     if content is not None:
         path.write_bytes(content)
     assert_user_error(cli("report", path), "report", match)
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory):
+    from llcuda_mpi.model.make import make_model
+    return make_model("tiny-llama", tmp_path_factory.mktemp("model") / "tiny.gguf")
+
+
+def test_store_user_errors(tmp_path):
+    store = ("store", "--store", tmp_path / "store")
+    assert_user_error(cli(*store, "path", "nope:latest"), "store", "no model nope:latest in the store")
+    assert_user_error(cli(*store, "add", tmp_path / "none.gguf"), "store", "no such file")
+    assert_user_error(cli(*store, "--max-bytes", "abc", "ls"), "store", "not a byte count")
+    assert_user_error(cli("store", "--store", "/proc/x", "ls"), "store", "cannot create the store at /proc/x")
+
+
+def test_store_add_truncated_model_warns(tmp_path, tiny_gguf):
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(pathlib.Path(tiny_gguf).read_bytes()[:1000])
+    rc, out, err = cli("store", "--store", tmp_path / "store", "add", cut, "cut:1")
+    assert rc == 0 and out.startswith("added cut:1 ") and "Traceback" not in err
+    # the warning names the file given, not the store's temporary copy
+    assert err.startswith(f"llcuda-mpi store: warning: the engine cannot load cut:1: {cut}: ") and ".partial" not in err
