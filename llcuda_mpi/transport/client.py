@@ -71,10 +71,15 @@ class Client:
             reader, writer = await asyncio.open_connection(host, port, limit=1 << 22)
             client = cls(reader, writer)
             writer.write(p.encode_json(p.HELLO, 0, {"client": "llcuda-mpi", "protocol": p.VERSION}))
-            frame = await p.read_frame(reader, client.limits)
+            try:
+                frame = await p.read_frame(reader, client.limits)
+            except (p.ProtocolError, asyncio.IncompleteReadError) as exc:
+                # Something else listens there (llama-server, any HTTP server...).
+                writer.close()
+                raise ConnectionError(f"not a llcuda-mpi serve gateway ({exc})") from None
         if frame is None or frame.type not in (p.HELLO, p.ERROR):
             writer.close()
-            raise ConnectionError(f"{url}: no HELLO from the server")
+            raise ConnectionError("not a llcuda-mpi serve gateway (no HELLO)")
         if frame.type == p.ERROR:
             writer.close()
             err = frame.json()

@@ -4,8 +4,10 @@ Each case runs `python -m llcuda_mpi ...` in a subprocess, as a user would.
 """
 
 import pathlib
+import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -87,3 +89,34 @@ def test_store_add_truncated_model_warns(tmp_path, tiny_gguf):
     assert rc == 0 and out.startswith("added cut:1 ") and "Traceback" not in err
     # the warning names the file given, not the store's temporary copy
     assert err.startswith(f"llcuda-mpi store: warning: the engine cannot load cut:1: {cut}: ") and ".partial" not in err
+
+
+@pytest.fixture
+def http_port():
+    """A TCP port where an HTTP server (not our gateway) answers 400 to anything."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(30)
+
+    def answer():
+        try:
+            conn, _ = srv.accept()
+        except OSError:
+            return
+        with conn:
+            conn.recv(64)
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    yield srv.getsockname()[1]
+    srv.close()
+    thread.join(5)
+
+
+def test_client_not_a_gateway(http_port):
+    url = f"tcp://127.0.0.1:{http_port}"
+    assert_user_error(cli("client", "--url", url, "hi"), "client", f"{url}: not a llcuda-mpi serve gateway")
+
+
+def test_client_bad_url():
+    assert_user_error(cli("client", "--url", "tcp://127.0.0.1:99999", "hi"), "client", "bad port")
+    assert_user_error(cli("client", "--url", "tcp://127.0.0.1:1", "--ping"), "client", "tcp://127.0.0.1:1: ")
