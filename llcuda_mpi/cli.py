@@ -52,9 +52,12 @@ def build_parser(name):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     top = _top_parser()
-    if not argv or argv[0].startswith("-"):
-        top.parse_args(argv or ["--help"])
-        return 2
+    if not argv:
+        top.error(f"give a COMMAND ({', '.join(sorted(SUBCOMMANDS))}); `llcuda-mpi --help` describes them")
+    if argv[0] in ("-h", "--help", "--version"):
+        top.parse_args(argv[:1])                         # prints, exits 0
+    if argv[0].startswith("-"):
+        top.error(f"unknown option {argv[0]!r} (a command's options go after it: llcuda-mpi COMMAND {argv[0]})")
     if argv[0] not in SUBCOMMANDS:
         top.error(f"unknown command {argv[0]!r} (choose from {', '.join(sorted(SUBCOMMANDS))})")
     module, parser = build_parser(argv[0])
