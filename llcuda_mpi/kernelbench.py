@@ -142,8 +142,19 @@ def run(args):
             print(problem, file=sys.stderr)
         return 2
     rows, error = [], None
+    path = args.output or os.path.join("results", f"kernels-{datetime.datetime.now():%Y%m%d-%H%M%S}.h5")
     try:
         types, shapes, batches = _parse(args)
+        if ctx.is_master:
+            from llcuda_mpi.results.writer import check_writable
+            check_writable(path)                 # before the measurements, not after them
+    except ValueError as exc:
+        error = str(exc)
+    except OSError as exc:
+        error = f"cannot write {path}: {os.strerror(exc.errno) if exc.errno else exc}"
+    if mpi.agree(ctx, error, "kernels"):
+        return 2
+    try:
         if not ctx.is_master:
             device = mpi.pick_device(ctx, args.device)
             mpi.activate(device)
@@ -156,7 +167,6 @@ def run(args):
         return 2
     if ctx.is_master:
         rows = [r for part in gathered for r in part]
-        path = args.output or os.path.join("results", f"kernels-{datetime.datetime.now():%Y%m%d-%H%M%S}.h5")
         _write(path, rows, {"command": " ".join(sys.argv), "version": __version__, "ranks": ctx.size,
                             "mpi": mpi.vendor()})
         print(f"{'rank':>4} {'device':<8} {'kernel':<12} {'type':<6} {'shape':>11} {'B':>3} {'us':>10} {'GB/s':>8}")

@@ -113,6 +113,8 @@ def agree(ctx, error: str | None, job: str) -> bool:
     """Collective: True on every rank if any rank had an error; rank 0 prints them all, one line each."""
     errors = ctx.world.allgather(error)
     failed = [(rank, e) for rank, e in enumerate(errors) if e]
+    if len(failed) == len(errors) and len(set(errors)) == 1:
+        failed = failed[:1]              # a bad option: every rank found the same, say it once
     if failed and ctx.is_master:
         for rank, e in failed:
             print(f"llcuda-mpi {job}: error: {'' if rank == 0 else f'rank {rank}: '}{e}", file=sys.stderr)

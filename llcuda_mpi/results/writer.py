@@ -16,8 +16,10 @@ attributes and the `ranks` group are added after reopening the closed file.
 """
 
 import array
+import errno
 import json
 import os
+import tempfile
 import time
 from datetime import datetime, timezone
 
@@ -67,6 +69,17 @@ def _fixed_bytes(text, size):
     return str(text).encode("utf-8", "replace")[:size]
 
 
+def check_writable(path) -> None:
+    """OSError now, not at the rename after a long run, if a file cannot be written at `path`."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    with tempfile.TemporaryFile(dir=parent):      # the directory takes new files (root ignores modes)
+        pass
+
+
 class ResultsWriter:
     """Append request records to `{path}.tmp`; `close` renames it to `path`."""
 
@@ -76,8 +89,7 @@ class ResultsWriter:
         self.tmp_path = self.path + ".tmp"
         self.flush_rows = max(1, int(flush_rows))
         self.flush_interval = float(flush_interval)
-        parent = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(parent, exist_ok=True)
+        check_writable(self.path)
         self._file = h5py.File(self.tmp_path, "w", libver="latest")
         self._create(self._file, provenance, config)
         self._file.swmr_mode = True

@@ -101,9 +101,12 @@ def run(args) -> int:
     # 3. the results file (rank 0)
     writer, error = None, None
     if ctx.is_master:
+        path = cfg.output or default_output()
         try:
-            writer = _open_writer(ctx, cfg, args, infos)
-        except (OSError, ImportError) as exc:
+            writer = _open_writer(ctx, cfg, args, infos, path)
+        except OSError as exc:           # the OS's reason: h5py's message adds HDF5 flags and o_flags
+            error = f"cannot write results to {path}: {os.strerror(exc.errno) if exc.errno else exc}"
+        except ImportError as exc:
             error = f"cannot write results: {exc}"
     if mpi.agree(ctx, error, "bench"):
         if backend is not None:
@@ -133,9 +136,8 @@ def run(args) -> int:
     return 0
 
 
-def _open_writer(ctx, cfg, args, infos):
+def _open_writer(ctx, cfg, args, infos, path):
     from llcuda_mpi.results.writer import ResultsWriter
-    path = cfg.output or default_output()
     provenance = {
         "command": shlex.join(sys.argv), "package_version": __version__, "mpi_vendor": mpi.vendor(),
         "ranks": ctx.size, "nodes": ctx.n_nodes, "hosts": [i["host"] for i in infos],

@@ -4,6 +4,7 @@ Each case runs `python -m llcuda_mpi ...` in a subprocess, as a user would.
 """
 
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -120,3 +121,28 @@ def test_client_not_a_gateway(http_port):
 def test_client_bad_url():
     assert_user_error(cli("client", "--url", "tcp://127.0.0.1:99999", "hi"), "client", "bad port")
     assert_user_error(cli("client", "--url", "tcp://127.0.0.1:1", "--ping"), "client", "tcp://127.0.0.1:1: ")
+
+
+def test_no_command_or_a_misplaced_option():
+    rc, out, err = cli()
+    assert rc == 2 and out == "" and "llcuda-mpi: error: give a COMMAND (bench, " in err
+    rc, _, err = cli("--max-tokens", "5", "generate")
+    assert rc == 2 and "llcuda-mpi: error: unknown option '--max-tokens'" in err and "Traceback" not in err
+    assert cli("--version")[0] == 0
+
+
+@pytest.mark.skipif(shutil.which("mpiexec") is None, reason="needs mpiexec")
+@pytest.mark.parametrize("job,argv", [
+    ("bench", ["--backend", "synthetic", "--num-prompts", "2"]),
+    ("kernels", ["--device", "cpu", "--types", "Q8_0", "--shapes", "256x256", "--batches", "1", "--reps", "1"]),
+])
+def test_job_unwritable_output_fails_before_running(tmp_path, job, argv):
+    """Used to run the whole job, then die with a traceback at the rename (bench) or the write (kernels)."""
+    for output, reason in ((tmp_path, "Is a directory"), ("/proc/x.h5", "No such file or directory")):
+        proc = subprocess.run(["mpiexec", "-n", "2", sys.executable, "-m", f"llcuda_mpi.jobs.{job}", *argv,
+                               "--output", str(output)], capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL, cwd=tmp_path)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"llcuda-mpi {job}: error: cannot write " in proc.stderr and f"{output}: {reason}" in proc.stderr
+        assert proc.stderr.count("error:") == 1, proc.stderr
+    assert list(tmp_path.iterdir()) == []
