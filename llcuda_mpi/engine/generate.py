@@ -37,24 +37,38 @@ def _device(choice):
     return "cuda" if n_visible and not simulator else "cpu"
 
 
+def _check(args):
+    """The first bad argument value as a message, or ""."""
+    checks = [(args.max_tokens >= 1, f"--max-tokens must be >= 1, got {args.max_tokens}"),
+              (args.cpu_threads >= 1, f"--cpu-threads must be >= 1, got {args.cpu_threads}"),
+              (args.n_ctx >= 0, f"--n-ctx must be >= 0 (0 = the model's, at most 2048), got {args.n_ctx}"),
+              (args.temperature >= 0, f"--temperature must be >= 0 (0 = greedy), got {args.temperature}"),
+              (args.top_k >= 0, f"--top-k must be >= 0 (0 = off), got {args.top_k}"),
+              (0 < args.top_p <= 1, f"--top-p must be in (0, 1] (1 = off), got {args.top_p}")]
+    return next((message for ok, message in checks if not ok), "")
+
+
+def _fail(message):
+    print(f"llcuda-mpi generate: error: {message}", file=sys.stderr)
+    return 2
+
+
 def run(args):
     from llcuda_mpi.backends.engine import build_engine, open_model
     from llcuda_mpi.model.gguf import ModelError
     from llcuda_mpi.storage import StoreError
-    if args.max_tokens < 1 or args.cpu_threads < 1:
-        print("error: --max-tokens and --cpu-threads must be >= 1", file=sys.stderr)
-        return 2
+    bad = _check(args)
+    if bad:
+        return _fail(bad)
     try:
         model = open_model(args.model)
     except (ModelError, StoreError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(exc)
     device = _device(args.device)
     try:
         engine = build_engine(model, device, 1, args.n_ctx, 128, args.cuda_graphs, args.cpu_threads)
     except (RuntimeError, ValueError) as exc:          # no GPU, does not fit, bad --cpu-threads
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(exc)
     request = Request(id=0, prompt=args.prompt, max_tokens=args.max_tokens, ignore_eos=args.ignore_eos,
                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                       stop=args.stop)
@@ -69,7 +83,7 @@ def run(args):
                 done = event
     sys.stdout.write("\n")
     if done.status != "ok":
-        print(f"error: {done.error}", file=sys.stderr)
+        print(f"llcuda-mpi generate: error: {done.error}", file=sys.stderr)
         return 1
     decode_s = done.t_end - done.t_first
     rate = (done.n_output - 1) / decode_s if done.n_output > 1 and decode_s > 0 else float("nan")

@@ -146,3 +146,18 @@ def test_job_unwritable_output_fails_before_running(tmp_path, job, argv):
         assert f"llcuda-mpi {job}: error: cannot write " in proc.stderr and f"{output}: {reason}" in proc.stderr
         assert proc.stderr.count("error:") == 1, proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv,match", [
+    (("--n-ctx", "-5"), "--n-ctx must be >= 0"),
+    (("--temperature", "-1"), "--temperature must be >= 0"),
+    (("--temperature", "nan"), "--temperature must be >= 0"),
+    (("--top-p", "0"), "--top-p must be in (0, 1]"),
+    (("--top-k", "-2"), "--top-k must be >= 0"),
+    (("-n", "0"), "--max-tokens must be >= 1"),
+    (("--cpu-threads", "0"), "--cpu-threads must be >= 1"),
+    (("--model", "/nonexistent/m.gguf"), "/nonexistent/m.gguf"),
+])
+def test_generate_bad_arguments(argv, match):
+    # checked before any model is opened or made: each fails in well under a second of work
+    assert_user_error(cli("generate", "-p", "hi", *argv), "generate", match)
