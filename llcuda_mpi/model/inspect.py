@@ -95,16 +95,17 @@ def format_text(d) -> str:
 
 
 def add_arguments(parser):
-    parser.add_argument("model", help="a GGUF model file")
+    parser.add_argument("model", help="a GGUF model file, or store:NAME[:TAG] from this node's model store")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--tensors", action="store_true", help="list every tensor")
 
 
 def run(args) -> int:
+    from llcuda_mpi.storage import StoreError, resolve_model
     try:
-        model = load_model(args.model)
+        model = load_model(resolve_model(args.model))
         d = describe(model, with_tensors=args.tensors)
-    except ModelError as exc:
+    except (ModelError, StoreError) as exc:
         print(f"llcuda-mpi inspect: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(d, indent=1) if args.json else format_text(d))

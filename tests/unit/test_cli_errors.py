@@ -161,3 +161,14 @@ def test_job_unwritable_output_fails_before_running(tmp_path, job, argv):
 def test_generate_bad_arguments(argv, match):
     # checked before any model is opened or made: each fails in well under a second of work
     assert_user_error(cli("generate", "-p", "hi", *argv), "generate", match)
+
+
+def test_inspect_reads_store_references(tmp_path, monkeypatch):
+    from llcuda_mpi.model.make import make_tiny_model
+    monkeypatch.setenv("LLCUDA_MPI_STORE", str(tmp_path / "store"))
+    path = make_tiny_model("llama", tmp_path / "t.gguf", "F32", seed=1)
+    rc, out, err = cli("store", "add", path, "tiny")
+    assert rc == 0, err
+    rc, out, err = cli("inspect", "store:tiny")
+    assert rc == 0 and "llama" in out and "Traceback" not in err, (out, err)
+    assert_user_error(cli("inspect", "store:nope"), "inspect", "no model nope:latest in the store")
