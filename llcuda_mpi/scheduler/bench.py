@@ -116,7 +116,7 @@ def run(args) -> int:
     # 4. run
     stats = None
     if ctx.is_master:
-        per_rank, t_start, t_end = _master(ctx, cfg, requests, arrivals, writer, infos)
+        per_rank, t_start, t_end, first_error = _master(ctx, cfg, requests, arrivals, writer, infos)
     else:
         try:
             stats = run_worker(ctx.world, backend, cfg.inflight)
@@ -133,6 +133,12 @@ def run(args) -> int:
         from llcuda_mpi.results.report import print_summary
         print_summary(path, file=sys.stdout)
         print(f"results: {path}", file=sys.stdout)
+        n_requests = sum(r.get("n_requests", 0) for r in per_rank.values())
+        if n_requests and not sum(r.get("n_ok", 0) for r in per_rank.values()):
+            # e.g. a server that is not there: the file says so row by row, the exit status says it once
+            print(f"llcuda-mpi bench: error: none of the {n_requests} requests succeeded; first: {first_error}",
+                  file=sys.stderr)
+            return 1
     return 0
 
 
@@ -156,10 +162,13 @@ def _master(ctx, cfg, requests, arrivals, writer, infos):
     devices = [i["device"] for i in infos]
     progress = Progress(len(requests), enabled=cfg.progress)
     per_rank: dict[int, dict] = {}
+    first_error = {}                     # the first failed measured request: {"text": ...}
 
     def on_result(request, completion, rank):
         writer.add(request, completion, rank, devices[rank])
         progress.update(completion.status == "ok")
+        if completion.status != "ok" and not request.warmup and not first_error:
+            first_error["text"] = f"{completion.status} on rank {rank}: {completion.error or '(no message)'}"
         row = per_rank.setdefault(rank, {"n_requests": 0, "n_warmup": 0, "n_ok": 0, "n_error": 0,
                                          "n_timeout": 0, "output_tokens": 0})
         if request.warmup:
@@ -178,7 +187,7 @@ def _master(ctx, cfg, requests, arrivals, writer, infos):
              ctx.size - 1, cfg.backend)
     t_start, t_end = run_master(ctx.world, dispatcher, on_result, on_tick=on_tick)
     progress.close()
-    return per_rank, t_start, t_end
+    return per_rank, t_start, t_end, first_error.get("text", "")
 
 
 def _rank_row(info, counts, worker_stats, t_start, t_end) -> dict:

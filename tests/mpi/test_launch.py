@@ -102,3 +102,14 @@ def test_bench_user_errors_are_one_line_and_exit_2(tmp_path):
     assert p.returncode == 2, explain(p)
     assert "rank 1: " in p.stderr and "rank 2: " in p.stderr and "--device cuda: no CUDA GPU visible" in p.stderr
     assert "Traceback" not in p.stderr, explain(p)
+
+
+def test_bench_where_nothing_succeeds_exits_1_with_the_first_error(tmp_path):
+    # a server that is not there: every request is recorded as an error, and the job says so once
+    out = tmp_path / "down.h5"
+    p = mpiexec(2, ["-m", "llcuda_mpi.jobs.bench", "--backend", "llama-server", "--url", "http://127.0.0.1:1",
+                    "--num-prompts", "4", "-o", str(out)], limit=60)
+    assert p.returncode == 1, explain(p)
+    assert "llcuda-mpi bench: error: none of the 4 requests succeeded; first: error on rank 1: cannot connect" \
+        in p.stderr, explain(p)
+    assert "Traceback" not in p.stderr and out.exists()            # the results are kept
