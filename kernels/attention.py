@@ -153,7 +153,10 @@ def _attention_cpu(q, k_cache, v_cache, slot, pos, scale, window, out):
     Hkv = k_cache.shape[2]
     group = H // Hkv
     for tk in prange(T * Hkv):
-        t = tk // Hkv
+        # prange hands each thread a contiguous block of tasks, and causal rows grow with t:
+        # zig-zag (0, T-1, 1, T-2, ...) so every block holds short and long rows alike
+        i = tk // Hkv
+        t = i // 2 if i % 2 == 0 else T - 1 - i // 2
         kh = tk % Hkv
         s = slot[t]
         p = pos[t]
