@@ -168,7 +168,30 @@ def _attention_cpu(q, k_cache, v_cache, slot, pos, scale, window, out):
         n = p + 1 - lo
         h0 = kh * group
         sc = np.empty((group, n), np.float32)
-        for j in range(lo, p + 1):
+        j = lo
+        while j + 4 <= p + 1:                            # four k rows per pass: q is loaded once for four dots
+            k0 = k_cache[s, j, kh]
+            k1 = k_cache[s, j + 1, kh]
+            k2 = k_cache[s, j + 2, kh]
+            k3 = k_cache[s, j + 3, kh]
+            for g in range(group):
+                qv = q[t, h0 + g]
+                a0 = np.float32(0.0)
+                a1 = np.float32(0.0)
+                a2 = np.float32(0.0)
+                a3 = np.float32(0.0)
+                for d in range(D):
+                    qd = qv[d]
+                    a0 += qd * k0[d]
+                    a1 += qd * k1[d]
+                    a2 += qd * k2[d]
+                    a3 += qd * k3[d]
+                sc[g, j - lo] = a0 * scale
+                sc[g, j + 1 - lo] = a1 * scale
+                sc[g, j + 2 - lo] = a2 * scale
+                sc[g, j + 3 - lo] = a3 * scale
+            j += 4
+        while j <= p:
             kr = k_cache[s, j, kh]
             for g in range(group):
                 qv = q[t, h0 + g]
@@ -176,6 +199,7 @@ def _attention_cpu(q, k_cache, v_cache, slot, pos, scale, window, out):
                 for d in range(D):
                     acc += qv[d] * kr[d]
                 sc[g, j - lo] = acc * scale
+            j += 1
         inv = np.empty(group, np.float32)
         for g in range(group):
             m = np.float32(-np.inf)
@@ -188,12 +212,27 @@ def _attention_cpu(q, k_cache, v_cache, slot, pos, scale, window, out):
                 tot += e
             inv[g] = np.float32(1.0) / tot
         o = np.zeros((group, D), np.float32)
-        for j in range(lo, p + 1):
+        j = lo
+        while j + 4 <= p + 1:                            # four v rows per pass over o: 4 FMAs per load/store of o
+            v0 = v_cache[s, j, kh]
+            v1 = v_cache[s, j + 1, kh]
+            v2 = v_cache[s, j + 2, kh]
+            v3 = v_cache[s, j + 3, kh]
+            for g in range(group):
+                w0 = sc[g, j - lo]
+                w1 = sc[g, j + 1 - lo]
+                w2 = sc[g, j + 2 - lo]
+                w3 = sc[g, j + 3 - lo]
+                for d in range(D):
+                    o[g, d] += w0 * v0[d] + w1 * v1[d] + w2 * v2[d] + w3 * v3[d]
+            j += 4
+        while j <= p:
             vr = v_cache[s, j, kh]
             for g in range(group):
                 wj = sc[g, j - lo]
                 for d in range(D):
                     o[g, d] += wj * vr[d]
+            j += 1
         for g in range(group):
             for d in range(D):
                 out[t, h0 + g, d] = o[g, d] * inv[g]
