@@ -13,18 +13,17 @@ model. These fuse what CudaOps fuses on the GPU:
 Arrays are the engine's (validated when it allocated them); the weight rows are
 read by kernels/matvec_cpu.py's row kernels, so results equal the plain ops'
 bit for bit (tests/kernels/test_decode_cpu.py). References: the plain ops.
-The numba kernels behind norm_matvecs are in matvec_cpu.py: numba's disk cache
-keys a function on its own file only, so whatever calls the row kernels must
-live in that file to be recompiled when they change.
+The numba kernels are in the files of the kernels they build on (norm_matvecs:
+matvec_cpu.py, rope_kv_store: rope.py): numba's disk cache keys a function on
+its own file only, so a caller must live with its callees to be recompiled when
+they change.
 """
-
-import math
 
 import numba
 import numpy as np
-from numba import njit
 
 from . import quant_blocks as qb
+from . import rope
 from .activations import GELU, SILU
 from .matvec_cpu import CHUNKS_PER_THREAD, NONE, PAR_MIN_BYTES, _norm_matvecs_parallel, _norm_matvecs_serial
 
@@ -61,43 +60,8 @@ def norm_matvecs(x, nw, eps, xn, mats, accumulate=False, act=None, hb=None):
         _norm_matvecs_parallel(*common, -(-rows // (CHUNKS_PER_THREAD * threads)))
 
 
-@njit(cache=True)
-def _rope_kv_store(q, k, v, k_cache, v_cache, slot, pos, base, neox, ff, use_ff):
-    T, H, D = q.shape
-    Hk = k.shape[1]
-    half = D // 2
-    for t in range(T):
-        for i in range(half):
-            inv_freq = base ** (-2.0 * i / D)
-            if use_ff:
-                inv_freq = inv_freq / float(ff[i])
-            if neox:
-                i0 = i
-                i1 = i + half
-            else:
-                i0 = 2 * i
-                i1 = 2 * i + 1
-            ang = float(pos[t]) * inv_freq
-            c = np.float32(math.cos(ang))
-            s = np.float32(math.sin(ang))
-            for h in range(H):
-                a = q[t, h, i0]
-                b = q[t, h, i1]
-                q[t, h, i0] = a * c - b * s
-                q[t, h, i1] = a * s + b * c
-            for h in range(Hk):
-                a = k[t, h, i0]
-                b = k[t, h, i1]
-                k[t, h, i0] = a * c - b * s
-                k[t, h, i1] = a * s + b * c
-        sl = slot[t]
-        p = pos[t]
-        if 0 <= sl < k_cache.shape[0] and 0 <= p < k_cache.shape[1]:
-            k_cache[sl, p] = k[t]
-            v_cache[sl, p] = v[t]
-
-
 def rope_kv_store(q, k, v, k_cache, v_cache, slot, pos, base, neox, freq_factors=None):
     """Rotate q (T, H, D) and k (T, Hkv, D) in place (cos/sin once per angle), then k, v -> caches."""
     ff = q[0, 0] if freq_factors is None else freq_factors
-    _rope_kv_store(q, k, v, k_cache, v_cache, slot, pos, float(base), bool(neox), ff, freq_factors is not None)
+    rope._rope_kv_store_cpu(q, k, v, k_cache, v_cache, slot, pos, float(base), bool(neox), ff,
+                            freq_factors is not None)

@@ -56,6 +56,27 @@ def _rope_kernel(q, k, pos, base, neox, ff, use_ff):
         _rotate(k, t, h - H, i, pos[t], inv_freq, neox)
 
 
+@njit(cache=True, inline="always")
+def _cos_sin(p, i, D, base, ff, use_ff):
+    """cos, sin (float32) of position p's angle for pair i (float64 angle)."""
+    inv_freq = base ** (-2.0 * i / D)
+    if use_ff:
+        inv_freq = inv_freq / float(ff[i])
+    ang = float(p) * inv_freq
+    return np.float32(math.cos(ang)), np.float32(math.sin(ang))
+
+
+@njit(cache=True, inline="always")
+def _turn(x, t, h, i, half, neox, c, s):
+    """Rotate pair i of x[t, h] by (c, s)."""
+    i0 = i if neox else 2 * i
+    i1 = i + half if neox else 2 * i + 1
+    a = x[t, h, i0]
+    b = x[t, h, i1]
+    x[t, h, i0] = a * c - b * s
+    x[t, h, i1] = a * s + b * c
+
+
 @njit(parallel=True, cache=True)
 def _rope_cpu(x, pos, base, neox, ff, use_ff):
     T, nh, D = x.shape
@@ -64,22 +85,28 @@ def _rope_cpu(x, pos, base, neox, ff, use_ff):
         t = th // nh
         h = th % nh
         for i in range(half):
-            inv_freq = base ** (-2.0 * i / D)
-            if use_ff:
-                inv_freq = inv_freq / float(ff[i])
-            if neox:
-                i0 = i
-                i1 = i + half
-            else:
-                i0 = 2 * i
-                i1 = 2 * i + 1
-            ang = float(pos[t]) * inv_freq
-            c = np.float32(math.cos(ang))
-            s = np.float32(math.sin(ang))
-            a = x[t, h, i0]
-            b = x[t, h, i1]
-            x[t, h, i0] = a * c - b * s
-            x[t, h, i1] = a * s + b * c
+            c, s = _cos_sin(pos[t], i, D, base, ff, use_ff)
+            _turn(x, t, h, i, half, neox, c, s)
+
+
+@njit(cache=True)
+def _rope_kv_store_cpu(q, k, v, k_cache, v_cache, slot, pos, base, neox, ff, use_ff):
+    """The engine's fused step (kernels/decode_cpu.py): rope of q and k, each angle's cos/sin
+    once for all heads, then k, v -> caches at [slot[t], pos[t]] (rows outside the cache skipped)."""
+    T, H, D = q.shape
+    half = D // 2
+    for t in range(T):
+        for i in range(half):
+            c, s = _cos_sin(pos[t], i, D, base, ff, use_ff)
+            for h in range(H):
+                _turn(q, t, h, i, half, neox, c, s)
+            for h in range(k.shape[1]):
+                _turn(k, t, h, i, half, neox, c, s)
+        sl = slot[t]
+        p = pos[t]
+        if 0 <= sl < k_cache.shape[0] and 0 <= p < k_cache.shape[1]:
+            k_cache[sl, p] = k[t]
+            v_cache[sl, p] = v[t]
 
 
 def _check(q, k, pos, base, freq_factors, device):
