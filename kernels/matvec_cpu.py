@@ -719,19 +719,23 @@ def _rmsnorm_into(x, w, eps, out):
             out[t, i] = x[t, i] * inv * w[i]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _gate_into(y1, y2, act, hb):
-    """hb = act(y1) * y2 (kernels/activations.py's CPU formulas)."""
+    """hb = act(y1) * y2 (kernels/activations.py's CPU formulas). The SiLU loop vectorises: exp32
+    is no libm call, and error_model="numpy" drops the zero-divisor check Python semantics put
+    on every division (with it: 2.5 ms for 512 x 768, without: 0.22 ms)."""
     T, n = hb.shape
-    for t in range(T):
-        for i in range(n):
-            g = y1[t, i]
-            if act == SILU:
-                a = g / (np.float32(1.0) + exp32(-g))
-            else:
+    if act == SILU:
+        for t in range(T):
+            for i in range(n):
+                g = y1[t, i]
+                hb[t, i] = g / (np.float32(1.0) + exp32(-g)) * y2[t, i]
+    else:
+        for t in range(T):
+            for i in range(n):
+                g = y1[t, i]
                 inner = np.float32(0.7978845608028654) * (g + np.float32(0.044715) * g * g * g)
-                a = np.float32(0.5) * g * (np.float32(1.0) + np.float32(math.tanh(inner)))
-            hb[t, i] = a * y2[t, i]
+                hb[t, i] = np.float32(0.5) * g * (np.float32(1.0) + np.float32(math.tanh(inner))) * y2[t, i]
 
 
 @njit(cache=True)
