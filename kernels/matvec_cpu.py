@@ -730,12 +730,12 @@ def _gate_into(y1, y2, act, hb):
             for i in range(n):
                 g = y1[t, i]
                 hb[t, i] = g / (np.float32(1.0) + exp32(-g)) * y2[t, i]
-    else:
+    else:                           # GELU-tanh: 0.5 g (1 + tanh(u)) = g sigmoid(2u), no libm tanh
         for t in range(T):
             for i in range(n):
                 g = y1[t, i]
-                inner = np.float32(0.7978845608028654) * (g + np.float32(0.044715) * g * g * g)
-                hb[t, i] = np.float32(0.5) * g * (np.float32(1.0) + np.float32(math.tanh(inner))) * y2[t, i]
+                u = np.float32(0.7978845608028654) * (g + np.float32(0.044715) * g * g * g)
+                hb[t, i] = g / (np.float32(1.0) + exp32(np.float32(-2.0) * u)) * y2[t, i]
 
 
 @njit(cache=True)
