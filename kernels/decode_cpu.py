@@ -11,8 +11,10 @@ model. These fuse what CudaOps fuses on the GPU:
   the k/v cache store.
 
 Arrays are the engine's (validated when it allocated them); the weight rows are
-read by kernels/matvec_cpu.py's row kernels, so results equal the plain ops'
-bit for bit (tests/kernels/test_decode_cpu.py). References: the plain ops.
+read by kernels/matvec_cpu.py's row kernels, so the matvec and rope outputs equal
+the plain ops' bit for bit; the SiLU / GELU epilogue uses matvec_cpu.exp32 and is
+within ~1e-7 of the plain op (tests/kernels/test_decode_cpu.py). References: the
+plain ops.
 The numba kernels are in the files of the kernels they build on (norm_matvecs:
 matvec_cpu.py, rope_kv_store: rope.py): numba's disk cache keys a function on
 its own file only, so a caller must live with its callees to be recompiled when
@@ -24,8 +26,8 @@ import numpy as np
 
 from . import quant_blocks as qb
 from . import rope
-from .activations import GELU, SILU
-from .matvec_cpu import CHUNKS_PER_THREAD, NONE, PAR_MIN_BYTES, _norm_matvecs_parallel, _norm_matvecs_serial
+from .matvec_cpu import (CHUNKS_PER_THREAD, GELU, NONE, PAR_MIN_BYTES, SILU, _norm_matvecs_parallel,
+                         _norm_matvecs_serial)
 
 _CODES = {}        # qtype name -> quant_blocks code
 

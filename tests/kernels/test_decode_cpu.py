@@ -119,3 +119,10 @@ def test_exp32_matches_exp(exp32):
     out = np.empty_like(edge)
     run(edge, out)
     assert np.all(out[:2] < 2e-38) and np.all(out[:2] >= 0) and np.all(np.isinf(out[2:5])) and out[5] < 2e-38
+
+
+def test_activation_codes_agree():
+    # the fused epilogue's codes are matvec_cpu's own (numba caches per file); they must mean what
+    # kernels/activations.py's mean
+    assert (matvec_cpu.SILU, matvec_cpu.GELU) == (activations.SILU, activations.GELU)
+    assert matvec_cpu.NONE not in (activations.SILU, activations.GELU, activations.RELU)
