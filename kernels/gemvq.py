@@ -116,6 +116,17 @@ def quantize_x_cuda(x, s, norm=None, eps=0.0, stream=0):
                                        np.float32(eps), s.xq, s.xd, s.xs)
 
 
+def scratch_to_host(s):
+    """(q int8 (B, cols), xd (B, nb), xs (B, nb)) of a Scratch, as numpy arrays."""
+    return (s.xq.copy_to_host().view(np.int8).reshape(s.B, s.cols), s.xd.copy_to_host(), s.xs.copy_to_host())
+
+
+def dequantized_x(s):
+    """float64 (B, cols): the x a Scratch stands for (q * xd), the gemvq kernels' exact input."""
+    q, xd, _ = scratch_to_host(s)
+    return (q.reshape(s.B, -1, 32).astype(np.float64) * xd[:, :, None]).reshape(s.B, s.cols)
+
+
 def quantize_x_reference(x, norm=None, eps=0.0):
     """numpy: (q int8 (B, cols), xd (B, nb), xs (B, nb)) as the kernel computes them (float32 steps)."""
     x = np.asarray(x, np.float32).reshape(-1, np.shape(x)[-1])

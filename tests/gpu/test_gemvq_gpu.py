@@ -57,12 +57,6 @@ def test_linked_h2f_every_bit_pattern():
     assert np.array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
 
 
-def _ref_from_scratch(raw, name, s):
-    q = s.xq.copy_to_host().view(np.int8).reshape(s.B, s.cols).astype(np.float64)
-    xd = s.xd.copy_to_host().astype(np.float64)
-    return matvec_ref(raw, name, (q.reshape(s.B, -1, 32) * xd[:, :, None]).reshape(s.B, s.cols))
-
-
 @pytest.mark.parametrize("name", gemvq.KINDS)
 @pytest.mark.parametrize("rows,cols,B", [(256, 2048, 1), (2048, 5632, 8), (1000, 2048, 3)])
 def test_quantize_and_gemvq(name, rows, cols, B):
@@ -73,13 +67,13 @@ def test_quantize_and_gemvq(name, rows, cols, B):
     y0 = rng.standard_normal((B, rows)).astype(np.float32)
     s = gemvq.scratch(B, cols, cuda.device_array)
     gemvq.quantize_x_cuda(cuda.to_device(x), s, norm=cuda.to_device(nw), eps=1e-5)
-    q = s.xq.copy_to_host().view(np.int8).reshape(B, cols)
+    q, d, _ = gemvq.scratch_to_host(s)
     q_ref, d_ref, _ = gemvq.quantize_x_reference(x, nw, 1e-5)
     assert np.abs(q.astype(np.int32) - q_ref).max() <= 1 and (q != q_ref).mean() < 0.01
-    np.testing.assert_allclose(s.xd.copy_to_host(), d_ref, rtol=1e-5)
+    np.testing.assert_allclose(d, d_ref, rtol=1e-5)
     y = cuda.to_device(y0)
     gemvq.gemvq_cuda(gemv.to_device(gemv.pack(raw, name), cuda.to_device), s, [y], accumulate=True)
-    ref = _ref_from_scratch(raw, name, s) + y0
+    ref = matvec_ref(raw, name, gemvq.dequantized_x(s)) + y0
     got = y.copy_to_host()
     tol = 1e-4 * np.abs(ref).max() + 1e-4 * np.abs(ref)
     assert (np.abs(got - ref) - tol).max() <= 0
