@@ -216,16 +216,16 @@ class CudaOps(_Ops):
         return hit[1]
 
     def matvec(self, w, x, out, bias=None, accumulate=False):
-        """T <= gemv.MAX_B rows: gemv (matvec.py for Q5_K/Q6_K); more: the tiled gemm."""
+        """T <= gemv.MAX_B rows: gemv (gemvq with LLCUDA_INT8_X=1; matvec.py for Q5_K); more: the tiled gemm."""
+        p = None if self.legacy or x.shape[0] > gemv.MAX_B else self._packed(w)
+        if p is not None and self._gemvq(p, x, None, 0.0, [out], bias=bias, accumulate=accumulate):
+            return                                     # its two launches are counted there
         self.launches += 1
         if self.legacy:
             matvec.matvec_cuda(w.raw, w.qtype, x, out, bias=bias, accumulate=accumulate, **self.kw)
         elif x.shape[0] > gemv.MAX_B:
             gemm.gemm_cuda(w.raw, w.qtype, x, out, bias=bias, accumulate=accumulate, **self.kw)
-        elif (p := self._packed(w)) is not None:
-            if self._gemvq(p, x, None, 0.0, [out], bias=bias, accumulate=accumulate):
-                self.launches -= 1
-                return
+        elif p is not None:
             gemv.gemv_cuda(p, x, out, bias=bias, accumulate=accumulate, **self.kw)
         else:
             matvec.matvec_cuda(w.raw, w.qtype, x, out, bias=bias, accumulate=accumulate, **self.kw)
