@@ -21,13 +21,11 @@ its own file only, so a caller must live with its callees to be recompiled when
 they change.
 """
 
-import numba
 import numpy as np
 
 from . import quant_blocks as qb
 from . import rope
-from .matvec_cpu import (CHUNKS_PER_THREAD, GELU, NONE, PAR_MIN_BYTES, SILU, _norm_matvecs_parallel,
-                         _norm_matvecs_serial)
+from .matvec_cpu import GELU, NONE, SILU, _norm_matvecs_parallel, _norm_matvecs_serial, parallel_chunk
 
 _CODES = {}        # qtype name -> quant_blocks code
 
@@ -50,16 +48,14 @@ def norm_matvecs(x, nw, eps, xn, mats, accumulate=False, act=None, hb=None):
     args = []
     for qtype, raw, bias, y in mats + mats[-1:] * (3 - n):
         args += [_code(qtype), raw, y if bias is None else bias.reshape(1, -1), bias is not None, y]
-    threads = numba.get_num_threads()
-    rows = sum(m[1].shape[0] for m in mats)
-    nbytes = sum(m[1].nbytes for m in mats) * x.shape[0]
+    chunk = parallel_chunk(sum(m[1].shape[0] for m in mats), sum(m[1].nbytes for m in mats) * x.shape[0])
     code = NONE if act is None else {"silu": SILU, "gelu": GELU}[act]
     common = (x, x[0] if nw is None else nw, nw is not None, np.float32(eps), x if xn is None else xn, n,
               *args, bool(accumulate), code, x if hb is None else hb)
-    if threads == 1 or nbytes < PAR_MIN_BYTES or rows < 2 * threads:
-        _norm_matvecs_serial(*common)
+    if chunk:
+        _norm_matvecs_parallel(*common, chunk)
     else:
-        _norm_matvecs_parallel(*common, -(-rows // (CHUNKS_PER_THREAD * threads)))
+        _norm_matvecs_serial(*common)
 
 
 def rope_kv_store(q, k, v, k_cache, v_cache, slot, pos, base, neox, freq_factors=None):

@@ -655,17 +655,23 @@ def _matvec_parallel(qt, w, x, y, bias, has_bias, accumulate, chunk):
         _rows(qt, w, x, y, bias, has_bias, accumulate, c * chunk, min(rows, c * chunk + chunk), buf)
 
 
+def parallel_chunk(rows, work_bytes):
+    """Rows per chunk for the parallel kernels, or 0: run serially (one thread, or too little work)."""
+    threads = numba.get_num_threads()
+    if threads == 1 or work_bytes < PAR_MIN_BYTES or rows < 2 * threads:
+        return 0
+    return -(-rows // (CHUNKS_PER_THREAD * threads))
+
+
 def matvec(qt, w, x, y, bias, has_bias, accumulate):
     """y (B, rows) [+]= x (B, cols) @ W.T [+ bias]: validated arrays (matvec.check_matvec), w uint8."""
-    rows = w.shape[0]
     if not x.flags.c_contiguous:                    # the fused kernels read x through a flat pointer
         x = np.ascontiguousarray(x)
-    threads = numba.get_num_threads()
-    if threads == 1 or w.nbytes * x.shape[0] < PAR_MIN_BYTES or rows < 2 * threads:
-        _matvec_serial(qt, w, x, y, bias, has_bias, accumulate)
-    else:
-        chunk = -(-rows // (CHUNKS_PER_THREAD * threads))
+    chunk = parallel_chunk(w.shape[0], w.nbytes * x.shape[0])
+    if chunk:
         _matvec_parallel(qt, w, x, y, bias, has_bias, accumulate, chunk)
+    else:
+        _matvec_serial(qt, w, x, y, bias, has_bias, accumulate)
 
 
 # ---------------------------------------------------------------- exp
