@@ -86,3 +86,50 @@ def block_max(sh, tx, val):
     total = sh[0]
     cuda.syncthreads()  # everyone has read sh[0] before sh is reused
     return total
+
+
+# Warp reductions. On a GPU: xor-butterfly shuffles, every lane gets the result. The simulator has
+# no shuffles: there the lanes meet in sh (shared, blockDim long) between block barriers, so on
+# both targets every thread of the BLOCK must call them together (no divergent calls).
+if SIM:
+    @cuda.jit(device=True)
+    def warp_sum(sh, tx, v):
+        """Sum of v over the 32 lanes of tx's warp (sh: shared scratch, one slot per thread)."""
+        sh[tx] = v
+        cuda.syncthreads()
+        base = tx - tx % 32
+        t = sh[base]
+        for i in range(1, 32):
+            t += sh[base + i]
+        cuda.syncthreads()
+        return t
+
+    @cuda.jit(device=True)
+    def warp_max(sh, tx, v):
+        """Maximum of v over the 32 lanes of tx's warp (sh as warp_sum's)."""
+        sh[tx] = v
+        cuda.syncthreads()
+        base = tx - tx % 32
+        t = sh[base]
+        for i in range(1, 32):
+            t = max(t, sh[base + i])
+        cuda.syncthreads()
+        return t
+else:
+    @cuda.jit(device=True)
+    def warp_sum(sh, tx, v):
+        """Sum of v over the 32 lanes of tx's warp (sh unused: shuffles)."""
+        off = 16
+        while off > 0:
+            v += cuda.shfl_xor_sync(0xFFFFFFFF, v, off)
+            off //= 2
+        return v
+
+    @cuda.jit(device=True)
+    def warp_max(sh, tx, v):
+        """Maximum of v over the 32 lanes of tx's warp (sh unused: shuffles)."""
+        off = 16
+        while off > 0:
+            v = max(v, cuda.shfl_xor_sync(0xFFFFFFFF, v, off))
+            off //= 2
+        return v

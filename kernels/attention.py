@@ -18,9 +18,10 @@ from numba.extending import intrinsic
 
 from ._common import TPB_ELT, block_max, block_sum, blocks, check
 
-TPB_ATT = 32 if config.ENABLE_CUDASIM else 128   # threads per (token, head) block
+TPB_ATT = 64 if config.ENABLE_CUDASIM else 128   # threads per (token, head) block
+NW_ATT = TPB_ATT // 32                            # its warps
 HD_MAX = 256                                      # largest head_dim (gemma3)
-NACC = HD_MAX // TPB_ATT                          # output dims per thread
+NACC = HD_MAX // 32                               # output dims per lane
 
 
 @cuda.jit(cache=True)
@@ -43,7 +44,10 @@ def _kv_store_kernel(k, v, k_cache, v_cache, slot, pos):
 
 @cuda.jit(cache=True)
 def _attention_kernel(q, k_cache, v_cache, slot, pos, scale, window, out):
-    # one block per (token t, head h): bx = t * H + h; online softmax over chunks of TPB_ATT positions
+    # one block per (token t, head h): bx = t * H + h; online softmax over chunks of TPB_ATT positions.
+    # Scores: thread i takes position start + i (a dot over D from its own cache row, 4 partial sums).
+    # Values: warp w takes positions w, w + NW_ATT, ... of the chunk, lane l dims l, l + 32, ...
+    # (coalesced rows, two positions' loads in flight); the warps' sums meet in shared memory at the end.
     bx = cuda.blockIdx.x
     tx = cuda.threadIdx.x
     T, H, D = q.shape
@@ -52,7 +56,10 @@ def _attention_kernel(q, k_cache, v_cache, slot, pos, scale, window, out):
     q_sh = cuda.shared.array(HD_MAX, float32)
     w_sh = cuda.shared.array(TPB_ATT, float32)
     red = cuda.shared.array(TPB_ATT, float32)
+    part = cuda.shared.array((NW_ATT, HD_MAX), float32)
     acc = cuda.local.array(NACC, float32)
+    wp = tx // 32
+    lane = tx % 32
     t = bx // H
     h = bx % H
     kh = h // (H // k_cache.shape[2])
@@ -70,13 +77,23 @@ def _attention_kernel(q, k_cache, v_cache, slot, pos, scale, window, out):
     cuda.syncthreads()  # q_sh is loaded
     m = float32(-math.inf)  # running max of the scores (same in every thread)
     l = float32(0.0)        # this thread's share of the softmax denominator
+    D4 = D - D % 4
     for start in range(lo, p + 1, TPB_ATT):
         j = start + tx
         sc = float32(-math.inf)
         if j <= p:
-            sc = float32(0.0)
-            for d in range(D):
-                sc += q_sh[d] * k_cache[s, j, kh, d]
+            s0 = float32(0.0)
+            s1 = float32(0.0)
+            s2 = float32(0.0)
+            s3 = float32(0.0)
+            for d in range(0, D4, 4):
+                s0 += q_sh[d] * k_cache[s, j, kh, d]
+                s1 += q_sh[d + 1] * k_cache[s, j, kh, d + 1]
+                s2 += q_sh[d + 2] * k_cache[s, j, kh, d + 2]
+                s3 += q_sh[d + 3] * k_cache[s, j, kh, d + 3]
+            for d in range(D4, D):
+                s0 += q_sh[d] * k_cache[s, j, kh, d]
+            sc = (s0 + s1) + (s2 + s3)
         m_new = max(m, block_max(red, tx, sc))
         alpha = math.exp(m - m_new)
         wj = float32(0.0)
@@ -87,19 +104,35 @@ def _attention_kernel(q, k_cache, v_cache, slot, pos, scale, window, out):
         cuda.syncthreads()  # this chunk's weights are in w_sh
         nj = min(TPB_ATT, p + 1 - start)
         for a in range(NACC):
-            d = tx + a * TPB_ATT
-            if d < D:
-                o = acc[a] * alpha
-                for jj in range(nj):
-                    o += w_sh[jj] * v_cache[s, start + jj, kh, d]
-                acc[a] = o
+            acc[a] *= alpha
+        jj = wp
+        while jj + NW_ATT < nj:
+            w0 = w_sh[jj]
+            w1 = w_sh[jj + NW_ATT]
+            for a in range(NACC):
+                d = lane + 32 * a
+                if d < D:
+                    acc[a] += w0 * v_cache[s, start + jj, kh, d] + w1 * v_cache[s, start + jj + NW_ATT, kh, d]
+            jj += 2 * NW_ATT
+        if jj < nj:
+            w0 = w_sh[jj]
+            for a in range(NACC):
+                d = lane + 32 * a
+                if d < D:
+                    acc[a] += w0 * v_cache[s, start + jj, kh, d]
         m = m_new
         cuda.syncthreads()  # every thread has read w_sh before the next chunk writes it
     lsum = block_sum(red, tx, l)
     for a in range(NACC):
-        d = tx + a * TPB_ATT
+        d = lane + 32 * a
         if d < D:
-            out[t, h, d] = acc[a] / lsum
+            part[wp, d] = acc[a]
+    cuda.syncthreads()  # every warp's sums are in part
+    for d in range(tx, D, TPB_ATT):
+        o = float32(0.0)
+        for w in range(NW_ATT):
+            o += part[w, d]
+        out[t, h, d] = o / lsum
 
 
 # exp on the CPU: libm's expf is a scalar call (~4.4 ns here) that keeps loops from vectorising;

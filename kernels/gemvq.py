@@ -16,7 +16,7 @@ one spends about 1 per 4.
 Weights are `gemv.Packed` (gemv.pack): quants as int64 words (Q8_0: 4 words
 per block, Q4_0: 2, f16 scales apart; Q4_K: the raw 144-byte blocks; Q6_K:
 ql|qh words, scales|d bytes apart). One warp per row, WARPS rows per block;
-lane l takes work units l, l + 32, ... (a 32-column block of Q8_0 / Q4_0, a
+lane l takes work units l, l + 32, ..., two per pass (a 32-column block of Q8_0 / Q4_0, a
 64-column piece of a K block); the epilogue (bias, residual
 accumulate, split QKV outputs, SwiGLU pairs) is gemv's. Launchers never
 allocate: x's quantised copy lives in a `Scratch` the caller keeps.
@@ -29,12 +29,14 @@ import numpy as np
 from numba import cuda, float32, int32, int64
 
 from . import gemv
-from ._common import SIM, block_sum
+from ._common import SIM, block_sum, blocks, warp_max, warp_sum
 from .intrin import dp4a as _dp4a
 from .intrin import h2f
 
 KINDS = ("Q8_0", "Q4_0", "Q4_K", "Q6_K")
-QTPB = 32 if SIM else 256              # threads per block of quantize_x
+QW = 2 if SIM else 8                   # 32-column blocks (warps) per block of quantize_x
+QTPB = 32 * QW                         # its threads per block
+WARPS = gemv.WARPS                     # rows per block (a plain global: numba needs shared-array shapes as constants)
 LO = 0xFFFFFFFF
 NIB = 0x0F0F0F0F
 
@@ -66,42 +68,49 @@ def supports(p):
 
 @cuda.jit
 def quantize_x_kernel(x, nrm, use_norm, eps, xq, xd, xs):
-    """Block per batch row; thread per 32-column block: scale = amax / 127, q = round half away."""
-    b = cuda.blockIdx.x
-    tid = cuda.threadIdx.x
+    """Grid (column groups, B): warp w of block g takes 32-column block QW * g + w, lane l its column l.
+
+    scale = amax / 127 over the block (a warp max), q = v / scale rounded half away from zero,
+    4 lanes pack the 32 bytes into 4 words. With a norm every block first takes the row's sum
+    of squares (the row is a few KiB: re-reading it per block is cheaper than another launch).
+    """
+    b = cuda.blockIdx.y
+    tx = cuda.threadIdx.x
+    lane = tx % 32
+    blk = cuda.blockIdx.x * QW + tx // 32
     ncol = x.shape[1]
+    sh = cuda.shared.array(QTPB, float32)
+    qs = cuda.shared.array(QTPB, int32)
     inv = float32(1.0)
     if use_norm:
-        sh = cuda.shared.array(QTPB, float32)
         ss = float32(0.0)
-        for c in range(tid, ncol, QTPB):
+        for c in range(tx, ncol, QTPB):
             v = x[b, c]
             ss += v * v
-        inv = float32(1.0) / math.sqrt(block_sum(sh, tid, ss) / float32(ncol) + eps)
-    for blk in range(tid, ncol // 32, QTPB):
-        c0 = 32 * blk
-        amax = float32(0.0)
-        for j in range(32):
-            v = x[b, c0 + j] * inv
-            if use_norm:
-                v *= nrm[c0 + j]
-            amax = max(amax, abs(v))
-        d = amax / float32(127.0)
-        idv = float32(1.0) / d if d > float32(0.0) else float32(0.0)
-        total = 0
-        for k in range(4):
-            word = int64(0)
-            for j in range(8):
-                v = x[b, c0 + 8 * k + j] * inv
-                if use_norm:
-                    v *= nrm[c0 + 8 * k + j]
-                t = v * idv
-                q = int32(t + float32(0.5)) if t >= float32(0.0) else int32(t - float32(0.5))
-                total += q
-                word |= int64(q & 0xFF) << (8 * j)
-            xq[b, 4 * blk + k] = word
+        inv = float32(1.0) / math.sqrt(block_sum(sh, tx, ss) / float32(ncol) + eps)
+    live = blk < ncol // 32
+    c = 32 * blk + lane
+    v = float32(0.0)
+    if live:
+        v = x[b, c] * inv
+        if use_norm:
+            v *= nrm[c]
+    d = warp_max(sh, tx, abs(v)) / float32(127.0)
+    idv = float32(1.0) / d if d > float32(0.0) else float32(0.0)
+    t = v * idv
+    q = int32(t + float32(0.5)) if t >= float32(0.0) else int32(t - float32(0.5))
+    total = warp_sum(sh, tx, float32(q))         # |sum| <= 32 * 127: exact in float32
+    qs[tx] = q
+    cuda.syncthreads()                           # the warp's 32 bytes are in qs
+    if live and lane < 4:
+        base = tx - lane + 8 * lane
+        word = int64(0)
+        for j in range(8):
+            word |= int64(qs[base + j] & 0xFF) << (8 * j)
+        xq[b, 4 * blk + lane] = word
+    if live and lane == 0:
         xd[b, blk] = d
-        xs[b, blk] = d * float32(total)
+        xs[b, blk] = d * total
 
 
 def quantize_x_cuda(x, s, norm=None, eps=0.0, stream=0):
@@ -112,7 +121,7 @@ def quantize_x_cuda(x, s, norm=None, eps=0.0, stream=0):
         raise ValueError(f"quantize_x: x {tuple(x2.shape)} does not fit the scratch ({s.B}, {s.cols})")
     if norm is not None and norm.shape != (cols,):
         raise ValueError(f"quantize_x: norm {tuple(norm.shape)} is not ({cols},)")
-    quantize_x_kernel[B, QTPB, stream](x2, x2[0] if norm is None else norm, norm is not None,
+    quantize_x_kernel[(blocks(cols // 32, QW), B), QTPB, stream](x2, x2[0] if norm is None else norm, norm is not None,
                                        np.float32(eps), s.xq, s.xd, s.xs)
 
 
@@ -286,15 +295,21 @@ def _make_kernel(kind, NB, EPI, ACT):
     def gemvq_kernel(q, s, xq, xd, xs, y, y2, y3, bias, has_bias, accumulate, nunits, rows, n1, n2):
         lane = cuda.threadIdx.x
         wy = cuda.threadIdx.y
-        row = cuda.blockIdx.x * gemv.WARPS + wy
+        row = cuda.blockIdx.x * WARPS + wy
         nb = xq.shape[0]
         live = row < rows                  # no early return: all threads reach the epilogue's barriers
         acc = cuda.local.array(NB, float32)
-        part = cuda.shared.array((NB, gemv.WARPS, 33), float32)
+        part = cuda.shared.array((NB, WARPS, 33), float32)
         for b in range(NB):
             acc[b] = float32(0.0)
         if live:
-            for u in range(lane, nunits, 32):
+            u = lane
+            while u + 32 < nunits:         # two units per pass: both units' loads in flight together
+                for b in range(NB):
+                    if b < nb:
+                        acc[b] += unit(q, s, row, u, xq, xd, xs, b) + unit(q, s, row, u + 32, xq, xd, xs, b)
+                u += 64
+            if u < nunits:
                 for b in range(NB):
                     if b < nb:
                         acc[b] += unit(q, s, row, u, xq, xd, xs, b)

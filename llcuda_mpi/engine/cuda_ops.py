@@ -87,10 +87,10 @@ class CudaOps(_Ops):
         self.legacy = os.environ.get("LLCUDA_LEGACY_MATVEC", "") == "1"
         # LLCUDA_FUSE_NORM=0: RMSNorm as its own kernel before the fused gemvs (for benchmarks)
         self.fuse_norm = os.environ.get("LLCUDA_FUSE_NORM", "1") != "0"
-        # LLCUDA_INT8_X=1: Q8_0 / Q4_0 / Q4_K / Q6_K decode matvecs quantise x to int8 blocks for the dp4a kernels
-        # (kernels/gemvq.py, as llama.cpp's mmvq does) instead of the float gemv. Off by default until
-        # it has been measured and checked on a GPU (docs/performance.md, issue 7 round 3).
-        self.int8_x = os.environ.get("LLCUDA_INT8_X", "0") == "1"
+        # Q8_0 / Q4_0 / Q4_K / Q6_K decode matvecs quantise x to int8 blocks for the dp4a kernels
+        # (kernels/gemvq.py, as llama.cpp's mmvq does): 1.2-1.7x faster decode at B = 1 on an H200
+        # (docs/performance.md, issue 7 round 3). LLCUDA_INT8_X=0: the float gemv (x kept in float32).
+        self.int8_x = os.environ.get("LLCUDA_INT8_X", "1") != "0"
         self.scratch = {}                              # (B, cols) -> gemvq.Scratch (x quantised)
 
     def zeros(self, shape, dtype):
@@ -216,7 +216,7 @@ class CudaOps(_Ops):
         return hit[1]
 
     def matvec(self, w, x, out, bias=None, accumulate=False):
-        """T <= gemv.MAX_B rows: gemv (gemvq with LLCUDA_INT8_X=1; matvec.py for Q5_K); more: the tiled gemm."""
+        """T <= gemv.MAX_B rows: gemvq (int8 x; gemv with LLCUDA_INT8_X=0 or F16 / BF16 / F32; matvec.py for Q5_K); more: the tiled gemm."""
         p = None if self.legacy or x.shape[0] > gemv.MAX_B else self._packed(w)
         if p is not None and self._gemvq(p, x, None, 0.0, [out], bias=bias, accumulate=accumulate):
             return                                     # its two launches are counted there

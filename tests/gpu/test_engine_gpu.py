@@ -50,7 +50,9 @@ def _generate(m, ops, n_req=6, n=12):
 
 
 @pytest.mark.parametrize("arch,quant", [("llama", "Q8_0"), ("gemma3", "F32"), ("llama", "Q4_K_M")])
-def test_generations_graph_eager_cpu_identical(model, arch, quant):
+def test_generations_graph_eager_cpu_identical(model, arch, quant, monkeypatch):
+    # the float gemv (x not quantised), whose sums the CPU ops reproduce; the int8 route: test below
+    monkeypatch.setenv("LLCUDA_INT8_X", "0")
     m = model(arch, quant)
     graph_ops = CudaOps(graphs=True)
     graph = _generate(m, graph_ops)
@@ -61,7 +63,8 @@ def test_generations_graph_eager_cpu_identical(model, arch, quant):
 
 @pytest.mark.parametrize("quant", ["Q8_0", "Q4_0", "Q4_K_M"])
 def test_int8_x_decode_path(model, quant, monkeypatch):
-    # LLCUDA_INT8_X=1: Q8_0 / Q4_0 decode matvecs through kernels/gemvq.py (x quantised to int8)
+    # the default route: Q8_0 / Q4_0 / Q4_K / Q6_K decode matvecs through kernels/gemvq.py (x quantised
+    # to int8, as llama.cpp's mmvq does): close to the CPU's float sums, and graph == eager exactly
     monkeypatch.setenv("LLCUDA_INT8_X", "1")
     m = model("llama", quant)
     tokens = [t % m.config.n_vocab for t in PROMPT[:6]]      # 6 rows: the decode (gemv) route

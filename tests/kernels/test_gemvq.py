@@ -87,6 +87,19 @@ def test_gemvq_matches_reference(name, B, rng, close):
     assert np.abs(got - exact).max() < 0.02 * scale
 
 
+@pytest.mark.parametrize("name,cols", [("Q8_0", 69 * 32), ("Q4_K", 9 * 256)])
+def test_gemvq_long_rows_take_units_in_pairs(name, cols, rng, close):
+    # more than 32 units per row: every lane takes units in pairs, some lanes one more (69 = 2 * 32 + 5
+    # Q8_0 blocks; 36 = 32 + 4 Q4_K pieces)
+    rows, B = 3, 2
+    raw = random_raw(name, rows, cols, rng)
+    p = gemv.to_device(gemv.pack(raw, name), cuda.to_device)
+    s = _quantize(rng.standard_normal((B, cols)).astype(np.float32))
+    y = cuda.device_array((B, rows), np.float32)
+    gemvq.gemvq_cuda(p, s, [y])
+    close(y.copy_to_host(), _ref_from_scratch(raw, name, s), atol=1e-3, rtol=1e-5)
+
+
 @pytest.mark.parametrize("name", gemvq.KINDS)
 # Q6_K's random gates reach |g| ~ 100: exp(-g) overflows float32 to inf on the simulator (silu -> 0, right)
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")

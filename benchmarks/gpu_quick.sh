@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# One device call (< 10 min): llama.cpp CUDA build in the background while ours is checked and timed,
+# then llama-bench on the same files. Outputs: $R/*.txt (R defaults to /tmp/gr).
+#
+#   source .device/gpu-env.sh && bash benchmarks/gpu_quick.sh     # carry .whl .device .peer/lcpp-trim.tar.gz
+#
+# QUANTS (default "Q8_0 Q4_0 Q4_K_M F16"), BATCHES (default 1,8), PREFILL (prompt length, default 0: none),
+# ROUTES (default "0 1": LLCUDA_INT8_X off, on), LCPP (empty: no llama.cpp build / bench),
+# TESTS (pytest arguments for the first part; default: the int8 route's GPU tests).
+set -uo pipefail
+R=${R:-/tmp/gr}
+M=${M:-/tmp/models}
+QUANTS=${QUANTS:-Q8_0 Q4_0 Q4_K_M F16}
+BATCHES=${BATCHES:-1,8}
+ROUTES=${ROUTES:-0 1}
+export LCPP_SDIST=${LCPP_SDIST:-.peer/lcpp-trim.tar.gz} LCPP_DIR=${LCPP_DIR:-/tmp/lcpp} LCPP_JOBS=${LCPP_JOBS:-12}
+mkdir -p "$R" "$M"
+t0=$SECONDS
+part() {                         # part NAME LIMIT_S CMD...
+    local name=$1 limit=$2 t=$SECONDS
+    shift 2
+    timeout "$limit" "$@" > "$R/$name.txt" 2>&1
+    echo "[$((SECONDS - t0)) s] $name: exit $? after $((SECONDS - t)) s"
+    tail -n "${TAIL:-12}" "$R/$name.txt"
+}
+nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv,noheader | tee "$R/card.txt"
+build=""
+if [ -n "${LCPP:-1}" ] && [ ! -x "$LCPP_DIR/build/bin/llama-bench" ]; then
+    timeout 420 bash benchmarks/llamacpp_gpu.sh build > "$R/lcpp-build.txt" 2>&1 &
+    build=$!
+fi
+pids=()
+for q in $QUANTS; do
+    [ -f "$M/tinyllama-1.1b-$q.gguf" ] || { timeout 300 python3 -m llcuda_mpi make-model --preset tinyllama-1.1b \
+        --quant "$q" -o "$M/tinyllama-1.1b-$q.gguf" > "$R/make-$q.txt" 2>&1 & pids+=($!); }
+done
+TESTS=${TESTS:-tests/gpu/test_gemvq_gpu.py tests/gpu/test_engine_gpu.py -k "linked or gemvq or int8"}
+eval "part tests-new 200 python3 -m pytest -q -p no:cacheprovider $TESTS"
+part gemv 90 python3 benchmarks/gemv.py --types F16,Q8_0,Q4_0,Q4_K --batches 1,4
+[ ${#pids[@]} -gt 0 ] && wait "${pids[@]}"
+TAIL=14 part profile-int8 60 env LLCUDA_INT8_X=1 python3 benchmarks/profile_step.py --quant Q8_0 --model-dir "$M"
+for r in $ROUTES; do
+    part "engine-int8x$r" 150 env LLCUDA_INT8_X=$r python3 benchmarks/engine.py --quants "$(echo $QUANTS | tr ' ' ,)" \
+        --batches "$BATCHES" --steps 24 --prefill "${PREFILL:-0}" --model-dir "$M" --json "$R/engine-int8x$r.json"
+done
+if [ -n "$build" ]; then wait "$build"; tail -n 2 "$R/lcpp-build.txt"; fi
+[ -n "${LCPP:-1}" ] && TAIL=40 part llamacpp 150 env QUANTS="$QUANTS" bash benchmarks/llamacpp_gpu.sh bench "$M"
+echo "[$((SECONDS - t0)) s] done"

@@ -1,0 +1,94 @@
+"""Compile CUDA kernels to sm_90 PTX on a machine with no GPU: numba's typing and NVVM, no driver.
+
+The CUDA simulator runs kernels as Python and so never types them: a shared-array shape that is
+not a compile-time constant, an int64 where an intrinsic wants int32, pass there and fail on the
+first GPU. This script compiles them for real. It needs NVVM and NVRTC (the
+nvidia-cuda-nvcc-cu12 / nvidia-cuda-nvrtc-cu12 wheels); where they are missing it exits 3.
+Run it as a script (NUMBA_ENABLE_CUDASIM must be 0 before numba loads):
+
+    python3 tests/kernels/ptx_compile.py          # one line per kernel variant, exit 1 on any failure
+"""
+
+import os
+import sys
+
+os.environ["NUMBA_ENABLE_CUDASIM"] = "0"
+
+import numpy as np  # noqa: E402
+import numba  # noqa: E402
+from numba import cuda  # noqa: E402
+import numba.cuda.dispatcher as _dispatcher  # noqa: E402
+
+CC = (9, 0)
+NO_TOOLKIT = 3
+
+
+class _Device:
+    """Stands in for the current device: device functions compile for its compute capability."""
+    compute_capability = CC
+
+
+_dispatcher.get_current_device = lambda: _Device()
+
+from llcuda_mpi.kernels import attention, gemv, gemvq, quant_blocks as qb  # noqa: E402
+
+
+def _typed(*args):
+    return tuple(numba.typeof(a) for a in args)
+
+
+def gemvq_cases():
+    """(name, python function, signature) for every gemvq kind x batch bucket x epilogue."""
+    rng = np.random.default_rng(0)
+    rows, cols = 16, 256
+    for kind in gemvq.KINDS:
+        fmt = qb.format_of(kind)
+        p = gemv.pack(rng.integers(0, 255, (rows, qb.row_bytes(fmt.qtype, cols)), dtype=np.uint8), fmt.qtype)
+        for nb in gemv.NBS:
+            xq = np.zeros((nb, cols // 8), np.int64)
+            xd = np.zeros((nb, cols // 32), np.float32)
+            y = np.zeros((nb, rows), np.float32)
+            for epi in (gemv.PLAIN, gemv.SPLIT, gemv.SWIGLU):
+                k = gemvq._kernel(kind, nb, epi, gemv.SILU)
+                yield (f"gemvq {kind} NB={nb} epi={epi}", k.py_func,
+                       _typed(p.q, p.s, xq, xd, xd, y, y, y, y, True, False, 8, rows, rows, 0))
+    x = np.zeros((2, cols), np.float32)
+    s = gemvq.Scratch(np.zeros((2, cols // 8), np.int64), np.zeros((2, cols // 32), np.float32),
+                      np.zeros((2, cols // 32), np.float32), 2, cols)
+    yield ("quantize_x", gemvq.quantize_x_kernel.py_func,
+           _typed(x, x[0], True, np.float32(1e-5), s.xq, s.xd, s.xs))
+
+
+def other_cases():
+    """(name, python function, signature) of the other kernels rewritten since their last GPU run."""
+    q = np.zeros((2, 8, 64), np.float32)
+    cache = np.zeros((3, 16, 4, 64), np.float32)
+    idx = np.zeros(2, np.int32)
+    yield ("attention", attention._attention_kernel.py_func,
+           _typed(q, cache, cache, idx, idx, np.float32(0.125), 0, q))
+
+
+def _trivial(a):
+    a[0] = gemvq.dp4a(1, 2, 3)                    # a linked CUDA C helper: NVRTC too
+
+
+def main():
+    try:                                          # the toolchain itself: NVVM (and NVRTC for linked .cu)
+        cuda.compile_ptx(_trivial, _typed(np.zeros(1, np.int32)), cc=CC)
+    except Exception as e:                        # noqa: BLE001 - any failure here is a missing toolkit
+        print(f"ptx_compile: no usable NVVM here ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+        return NO_TOOLKIT
+    failed = 0
+    for name, fn, sig in list(gemvq_cases()) + list(other_cases()):
+        try:
+            cuda.compile_ptx(fn, sig, cc=CC)
+        except Exception as e:                    # noqa: BLE001 - report every kernel, then fail
+            failed += 1
+            print(f"FAIL {name}: {type(e).__name__}: {str(e)[:2000]}")
+            continue
+        print(f"ok   {name}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
