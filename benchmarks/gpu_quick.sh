@@ -25,7 +25,7 @@ part() {                         # part NAME LIMIT_S CMD...
 }
 nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv,noheader | tee "$R/card.txt"
 build=""
-if [ -n "${LCPP:-1}" ] && [ ! -x "$LCPP_DIR/build/bin/llama-bench" ]; then
+if [ -n "${LCPP-1}" ] && [ ! -x "$LCPP_DIR/build/bin/llama-bench" ]; then
     timeout 420 bash benchmarks/llamacpp_gpu.sh build > "$R/lcpp-build.txt" 2>&1 &
     build=$!
 fi
@@ -44,5 +44,5 @@ for r in $ROUTES; do
         --batches "$BATCHES" --steps 24 --prefill "${PREFILL:-0}" --model-dir "$M" --json "$R/engine-int8x$r.json"
 done
 if [ -n "$build" ]; then wait "$build"; tail -n 2 "$R/lcpp-build.txt"; fi
-[ -n "${LCPP:-1}" ] && TAIL=40 part llamacpp 150 env QUANTS="$QUANTS" bash benchmarks/llamacpp_gpu.sh bench "$M"
+[ -n "${LCPP-1}" ] && TAIL=40 part llamacpp 150 env QUANTS="$QUANTS" bash benchmarks/llamacpp_gpu.sh bench "$M"
 echo "[$((SECONDS - t0)) s] done"
