@@ -6,7 +6,8 @@
 #
 # QUANTS (default "Q8_0 Q4_0 Q4_K_M F16"), BATCHES (default 1,8), PREFILL (prompt length, default 0: none),
 # ROUTES (default "0 1": LLCUDA_INT8_X off, on), LCPP (empty: no llama.cpp build / bench),
-# TESTS (pytest arguments for the first part; default: the int8 route's GPU tests).
+# TESTS (pytest arguments for the first part; default: the int8 route's GPU tests), PROFILE (types
+# whose decode step is profiled per kernel, default Q8_0).
 set -uo pipefail
 R=${R:-/tmp/gr}
 M=${M:-/tmp/models}
@@ -38,7 +39,11 @@ TESTS=${TESTS:-tests/gpu/test_gemvq_gpu.py tests/gpu/test_engine_gpu.py -k "link
 eval "part tests-new 200 python3 -m pytest -q -p no:cacheprovider $TESTS"
 part gemv 90 python3 benchmarks/gemv.py --types F16,Q8_0,Q4_0,Q4_K --batches 1,4
 [ ${#pids[@]} -gt 0 ] && wait "${pids[@]}"
-TAIL=14 part profile-int8 60 env LLCUDA_INT8_X=1 python3 benchmarks/profile_step.py --quant Q8_0 --model-dir "$M"
+for q in ${PROFILE:-Q8_0}; do
+    TAIL=14 part "profile-$q" 60 python3 benchmarks/profile_step.py --quant "$q" --model-dir "$M"
+done
+# the timed runs start once the build is done: its 12 compiler processes would slow our host side
+if [ -n "$build" ]; then wait "$build"; tail -n 2 "$R/lcpp-build.txt"; build=""; fi
 for r in $ROUTES; do
     part "engine-int8x$r" 150 env LLCUDA_INT8_X=$r python3 benchmarks/engine.py --quants "$(echo $QUANTS | tr ' ' ,)" \
         --batches "$BATCHES" --steps 24 --prefill "${PREFILL:-0}" --model-dir "$M" --json "$R/engine-int8x$r.json"

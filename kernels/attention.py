@@ -13,10 +13,10 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import config, cuda, float32, njit, prange, types
+from numba import config, cuda, float32, int32, int64, njit, prange, types
 from numba.extending import intrinsic
 
-from ._common import TPB_ELT, block_max, block_sum, blocks, check
+from ._common import TPB_ELT, block_max, block_sum, blocks, check, warp_max, warp_sum
 
 TPB_ATT = 64 if config.ENABLE_CUDASIM else 128   # threads per (token, head) block
 NW_ATT = TPB_ATT // 32                            # its warps
@@ -43,8 +43,13 @@ def _kv_store_kernel(k, v, k_cache, v_cache, slot, pos):
 
 
 @cuda.jit(cache=True)
-def _attention_kernel(q, k_cache, v_cache, slot, pos, scale, window, out):
+def _attention_kernel(q, kc, vc, S, C, Hkv, slot, pos, scale, window, out, quant, xq, xd, xs):
     # one block per (token t, head h): bx = t * H + h; online softmax over chunks of TPB_ATT positions.
+    # kc, vc: the (S, C, Hkv, D) caches flattened, indexed by row offsets computed once per row (a
+    # 4-D index costs ~20 integer instructions per load, which dominated this kernel's time).
+    # quant: also write out's row quantised for kernels/gemvq.py (xq, xd, xs of a gemvq.Scratch of
+    # width H * D; D a multiple of 32): the block's D outputs are whole 32-column blocks, one per warp
+    # and pass, so the attention output projection needs no quantize launch of its own.
     # Scores: thread i takes position start + i (a dot over D from its own cache row, 4 partial sums).
     # Values: warp w takes positions w, w + NW_ATT, ... of the chunk, lane l dims l, l + 32, ...
     # (coalesced rows, two positions' loads in flight); the warps' sums meet in shared memory at the end.
@@ -57,16 +62,19 @@ def _attention_kernel(q, k_cache, v_cache, slot, pos, scale, window, out):
     w_sh = cuda.shared.array(TPB_ATT, float32)
     red = cuda.shared.array(TPB_ATT, float32)
     part = cuda.shared.array((NW_ATT, HD_MAX), float32)
+    qs = cuda.shared.array(TPB_ATT, int32)
     acc = cuda.local.array(NACC, float32)
     wp = tx // 32
     lane = tx % 32
     t = bx // H
     h = bx % H
-    kh = h // (H // k_cache.shape[2])
+    kh = h // (H // Hkv)
     s = slot[t]
     p = pos[t]
-    if s < 0 or s >= k_cache.shape[0] or p < 0 or p >= k_cache.shape[1]:
+    if s < 0 or s >= S or p < 0 or p >= C:
         return
+    row0 = ((s * C) * Hkv + kh) * D          # position j's row starts at row0 + j * RS
+    RS = Hkv * D
     lo = 0
     if window > 0 and p - window + 1 > 0:
         lo = p - window + 1
@@ -82,17 +90,18 @@ def _attention_kernel(q, k_cache, v_cache, slot, pos, scale, window, out):
         j = start + tx
         sc = float32(-math.inf)
         if j <= p:
+            r = row0 + j * RS
             s0 = float32(0.0)
             s1 = float32(0.0)
             s2 = float32(0.0)
             s3 = float32(0.0)
             for d in range(0, D4, 4):
-                s0 += q_sh[d] * k_cache[s, j, kh, d]
-                s1 += q_sh[d + 1] * k_cache[s, j, kh, d + 1]
-                s2 += q_sh[d + 2] * k_cache[s, j, kh, d + 2]
-                s3 += q_sh[d + 3] * k_cache[s, j, kh, d + 3]
+                s0 += q_sh[d] * kc[r + d]
+                s1 += q_sh[d + 1] * kc[r + d + 1]
+                s2 += q_sh[d + 2] * kc[r + d + 2]
+                s3 += q_sh[d + 3] * kc[r + d + 3]
             for d in range(D4, D):
-                s0 += q_sh[d] * k_cache[s, j, kh, d]
+                s0 += q_sh[d] * kc[r + d]
             sc = (s0 + s1) + (s2 + s3)
         m_new = max(m, block_max(red, tx, sc))
         alpha = math.exp(m - m_new)
@@ -109,17 +118,18 @@ def _attention_kernel(q, k_cache, v_cache, slot, pos, scale, window, out):
         while jj + NW_ATT < nj:
             w0 = w_sh[jj]
             w1 = w_sh[jj + NW_ATT]
+            r0 = row0 + (start + jj) * RS + lane
+            r1 = r0 + NW_ATT * RS
             for a in range(NACC):
-                d = lane + 32 * a
-                if d < D:
-                    acc[a] += w0 * v_cache[s, start + jj, kh, d] + w1 * v_cache[s, start + jj + NW_ATT, kh, d]
+                if lane + 32 * a < D:
+                    acc[a] += w0 * vc[r0 + 32 * a] + w1 * vc[r1 + 32 * a]
             jj += 2 * NW_ATT
         if jj < nj:
             w0 = w_sh[jj]
+            r0 = row0 + (start + jj) * RS + lane
             for a in range(NACC):
-                d = lane + 32 * a
-                if d < D:
-                    acc[a] += w0 * v_cache[s, start + jj, kh, d]
+                if lane + 32 * a < D:
+                    acc[a] += w0 * vc[r0 + 32 * a]
         m = m_new
         cuda.syncthreads()  # every thread has read w_sh before the next chunk writes it
     lsum = block_sum(red, tx, l)
@@ -128,11 +138,34 @@ def _attention_kernel(q, k_cache, v_cache, slot, pos, scale, window, out):
         if d < D:
             part[wp, d] = acc[a]
     cuda.syncthreads()  # every warp's sums are in part
-    for d in range(tx, D, TPB_ATT):
+    for d0 in range(0, D, TPB_ATT):           # the same passes in every thread (quant's warp reductions)
+        d = d0 + tx
         o = float32(0.0)
-        for w in range(NW_ATT):
-            o += part[w, d]
-        out[t, h, d] = o / lsum
+        if d < D:
+            for w in range(NW_ATT):
+                o += part[w, d]
+            o = o / lsum
+            out[t, h, d] = o
+        if quant:
+            amax = warp_max(red, tx, abs(o))
+            qd = amax / float32(127.0)
+            iv = float32(1.0) / qd if qd > float32(0.0) else float32(0.0)
+            r = o * iv
+            qv = int32(r + float32(0.5)) if r >= float32(0.0) else int32(r - float32(0.5))
+            total = warp_sum(red, tx, float32(qv))
+            qs[tx] = qv
+            cuda.syncthreads()                # the warp's 32 bytes are in qs
+            blk = (h * D + d0) // 32 + wp
+            if d0 + 32 * wp < D:
+                if lane < 4:
+                    word = int64(0)
+                    for i in range(8):
+                        word |= int64(qs[tx - lane + 8 * lane + i] & 0xFF) << (8 * i)
+                    xq[t, 4 * blk + lane] = word
+                if lane == 0:
+                    xd[t, blk] = qd
+                    xs[t, blk] = qd * total
+            cuda.syncthreads()                # qs is read before the next pass writes it
 
 
 # exp on the CPU: libm's expf is a scalar call (~4.4 ns here) that keeps loops from vectorising;
@@ -295,8 +328,12 @@ def kv_store_cuda(k, v, k_cache, v_cache, slot, pos, stream=0):
     _kv_store_kernel[blocks(n, TPB_ELT), TPB_ELT, stream](k, v, k_cache, v_cache, slot, pos)
 
 
-def attention_cuda(q, k_cache, v_cache, slot, pos, scale, out, window=0, stream=0):
-    """out (T, H, D) = softmax(scale * q k^T) v over positions lo..pos[t] of slot[t]."""
+def attention_cuda(q, k_cache, v_cache, slot, pos, scale, out, window=0, quant=None, stream=0):
+    """out (T, H, D) = softmax(scale * q k^T) v over positions lo..pos[t] of slot[t].
+
+    quant: a kernels.gemvq.Scratch of (T, H * D), D a multiple of 32: out is also written
+    quantised there, ready for gemvq_cuda (quantize_x_cuda's exact output for out).
+    """
     Hkv, D = _check_cache(k_cache, v_cache, True)
     T, H = _check_tokens("q", q, slot, pos, True, Hkv, D)
     check("out", out, np.float32, shape=(T, H, D), device=True)
@@ -304,8 +341,29 @@ def attention_cuda(q, k_cache, v_cache, slot, pos, scale, out, window=0, stream=
         raise ValueError(f"q: head_dim {D} exceeds the kernel's maximum {HD_MAX}")
     if window < 0:
         raise ValueError(f"window must be >= 0 (0 = no window), got {window}")
+    if quant is not None and (D % 32 or (quant.B, quant.cols) != (T, H * D)):
+        raise ValueError(f"attention: quant scratch ({quant.B}, {quant.cols}) does not fit out ({T}, {H} x {D}) "
+                         f"with a head_dim that is a multiple of 32")
+    S, C = k_cache.shape[:2]
+    if quant is None:                       # typed stand-ins, never written (quant=False)
+        o2 = out.reshape(T, H * D)
+        xq, xd, xs = _no_scratch(), o2, o2
+    else:
+        xq, xd, xs = quant.xq, quant.xd, quant.xs
     _attention_kernel[T * H, TPB_ATT, stream](
-        q, k_cache, v_cache, slot, pos, np.float32(scale), int(window), out)
+        q, k_cache.reshape(k_cache.size), v_cache.reshape(v_cache.size), S, C, Hkv, slot, pos,
+        np.float32(scale), int(window), out, quant is not None, xq, xd, xs)
+
+
+_NO_SCRATCH = {}
+
+
+def _no_scratch():
+    """A (1, 1) int64 device array per CUDA context: the xq argument when nothing is quantised."""
+    key = id(cuda.current_context())
+    if key not in _NO_SCRATCH:
+        _NO_SCRATCH[key] = cuda.device_array((1, 1), np.int64)
+    return _NO_SCRATCH[key]
 
 
 def kv_store_cpu(k, v, k_cache, v_cache, slot, pos):

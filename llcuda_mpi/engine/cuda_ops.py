@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from llcuda_mpi.engine.ops import DoesNotFit, _Ops
-from llcuda_mpi.kernels import fused, gemm, gemv, gemvq, matvec, sampling
+from llcuda_mpi.kernels import attention, fused, gemm, gemv, gemvq, matvec, sampling
 
 
 class StepIO:
@@ -183,6 +183,18 @@ class CudaOps(_Ops):
         self.launches += 1
         fused.rope_kv_store_cuda(q, k, v, k_cache, v_cache, slot, pos, base, neox, freq_factors, **self.kw)
 
+    def attend_project(self, q, k_cache, v_cache, slot, pos, att, scale, window, w, att2, out, accumulate):
+        """The attention kernel writes its output int8-quantised too, so gemvq follows with no quantize launch."""
+        T, H, D = q.shape
+        p = None if self.legacy or T > gemv.MAX_B or D % 32 else self._packed(w)
+        if not (self.int8_x and gemvq.supports(p) and p.cols == H * D):
+            return super().attend_project(q, k_cache, v_cache, slot, pos, att, scale, window, w, att2, out,
+                                          accumulate)
+        s = self._scratch(T, H * D)
+        self.launches += 2
+        attention.attention_cuda(q, k_cache, v_cache, slot, pos, scale, att, window=window, quant=s, **self.kw)
+        gemvq.gemvq_cuda(p, s, [out], accumulate=accumulate, **self.kw)
+
     def norm_matvec(self, x, nw, eps, w, out):
         T = x.shape[0]
         if self.legacy or not self.fuse_norm or not gemv.norm_fits(T, w.cols) or (p := self._packed(w)) is None:
@@ -199,14 +211,18 @@ class CudaOps(_Ops):
         """
         if not (self.int8_x and gemvq.supports(p) and x.shape[0] <= gemv.MAX_B):
             return False
-        key = x.shape[0], p.cols
-        s = self.scratch.get(key)
-        if s is None:
-            s = self.scratch[key] = gemvq.scratch(*key, self.zeros)
+        s = self._scratch(x.shape[0], p.cols)
         self.launches += 2
         gemvq.quantize_x_cuda(x, s, norm=norm, eps=eps, **self.kw)
         gemvq.gemvq_cuda(p, s, ys, bias=bias, swiglu=swiglu, accumulate=accumulate, **self.kw)
         return True
+
+    def _scratch(self, B, cols):
+        """The gemvq.Scratch for x of (B, cols), kept across steps (a captured graph reads it)."""
+        s = self.scratch.get((B, cols))
+        if s is None:
+            s = self.scratch[B, cols] = gemvq.scratch(B, cols, self.zeros)
+        return s
 
     def _packed(self, w):
         hit = self.packed.get(id(w.raw))

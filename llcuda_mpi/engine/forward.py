@@ -111,14 +111,15 @@ def forward(cfg, w, s, ops, T, B):
         base = cfg.rope_base_swa if swa else cfg.rope_base
         ops.rope_kv_store(q, k, v, s.k_cache[layer], s.v_cache[layer], slot, pos,
                           base, cfg.rope_neox, w.rope_freqs if not swa else None)
-        ops.attention(q, s.k_cache[layer], s.v_cache[layer], slot, pos, att,
-                      scale, cfg.sliding_window if swa else 0)
+        window = cfg.sliding_window if swa else 0
         if cfg.post_norms:
-            ops.matvec(lw.attn_output, att2, xb2)
+            ops.attend_project(q, s.k_cache[layer], s.v_cache[layer], slot, pos, att, scale, window,
+                               lw.attn_output, att2, xb2, False)
             ops.rmsnorm(xb2, lw.post_attention_norm, eps, xb2)
             ops.add(x, xb2)
-        else:
-            ops.matvec(lw.attn_output, att2, x, accumulate=True)      # residual fused
+        else:                                                          # residual fused
+            ops.attend_project(q, s.k_cache[layer], s.v_cache[layer], slot, pos, att, scale, window,
+                               lw.attn_output, att2, x, True)
 
         # feed-forward: x += W2 @ (act(W1 xn) * W3 xn)
         ops.ffn_in(lw, x, xb, gate, up, hb, eps, cfg.gelu)              # rmsnorm, act(W1 xn) * W3 xn

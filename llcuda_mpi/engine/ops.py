@@ -126,6 +126,11 @@ class _Ops:
         self.rope(q, k, pos, base, neox, freq_factors)
         self.kv_store(k, v, k_cache, v_cache, slot, pos)
 
+    def attend_project(self, q, k_cache, v_cache, slot, pos, att, scale, window, w, att2, out, accumulate):
+        """att = attention(q over the caches); out [+]= att2 @ W.T (att2: att's (T, heads*hd) view)."""
+        self.attention(q, k_cache, v_cache, slot, pos, att, scale, window)
+        self.matvec(w, att2, out, accumulate=accumulate)
+
     def norm_matvec(self, x, nw, eps, w, out):
         """out = (rmsnorm(x) * nw) @ W.T; x is overwritten with the normed rows."""
         self.rmsnorm(x, nw, eps, x)

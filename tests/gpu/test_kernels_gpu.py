@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from numba import config, cuda
 
-from llcuda_mpi.kernels import activations, attention, elementwise, matmul_tiled, norm, quant_int8, rope
+from llcuda_mpi.kernels import activations, attention, elementwise, gemvq, matmul_tiled, norm, quant_int8, rope
 from llcuda_mpi.kernels import reference as R
 from llcuda_mpi.kernels import sampling, softmax
 
@@ -87,6 +87,16 @@ def test_attention(rng, D, window):
     out = cuda.device_array_like(q)
     attention.attention_cuda(d(q), dkc, dvc, d(slot), d(pos), 1 / math.sqrt(D), out, window=window)
     close(out.copy_to_host(), R.attention(q, kc, vc, slot, pos, 1 / math.sqrt(D), window), 1e-5, 1e-4)
+    # the output also quantised for gemvq (D = 64: two of the four warps idle; 256: two passes): the
+    # same values, and the scratch equals quantize_x's of them bit for bit
+    T = len(pos)
+    s, ref = (gemvq.scratch(T, H * D, cuda.device_array) for _ in range(2))
+    out2 = cuda.device_array_like(q)
+    attention.attention_cuda(d(q), dkc, dvc, d(slot), d(pos), 1 / math.sqrt(D), out2, window=window, quant=s)
+    np.testing.assert_array_equal(out2.copy_to_host(), out.copy_to_host())
+    gemvq.quantize_x_cuda(out2.reshape(T, H * D), ref)
+    for a, b in zip(gemvq.scratch_to_host(s), gemvq.scratch_to_host(ref)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_sampling_cpu_equals_cuda(rng):

@@ -59,13 +59,31 @@ def gemvq_cases():
            _typed(x, x[0], True, np.float32(1e-5), s.xq, s.xd, s.xs))
 
 
+def gemv_cases():
+    """The float gemv for every format it packs, batch buckets 1 and 8, with and without the norm prologue."""
+    rng = np.random.default_rng(1)
+    rows, cols = 16, 256
+    for kind in ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q6_K"):
+        fmt = qb.format_of(kind)
+        p = gemv.pack(rng.integers(0, 255, (rows, qb.row_bytes(fmt.qtype, cols)), dtype=np.uint8), fmt.qtype)
+        for nb in (1, 8):
+            x = np.zeros((nb, cols), np.float32)
+            y = np.zeros((nb, rows), np.float32)
+            for norm in (False, True):
+                k = gemv._kernel(kind, nb, norm, gemv.PLAIN, gemv.SILU)
+                yield (f"gemv {kind} NB={nb} norm={norm}", k.py_func,
+                       _typed(p.q, p.s, x, y, y, y, y, True, False, p.nw, rows, rows, 0, x[0], np.float32(1e-5)))
+
+
 def other_cases():
     """(name, python function, signature) of the other kernels rewritten since their last GPU run."""
     q = np.zeros((2, 8, 64), np.float32)
     cache = np.zeros((3, 16, 4, 64), np.float32)
     idx = np.zeros(2, np.int32)
+    flat = cache.reshape(-1)
     yield ("attention", attention._attention_kernel.py_func,
-           _typed(q, cache, cache, idx, idx, np.float32(0.125), 0, q))
+           _typed(q, flat, flat, 3, 16, 4, idx, idx, np.float32(0.125), 0, q, True,
+                  np.zeros((2, 64), np.int64), np.zeros((2, 16), np.float32), np.zeros((2, 16), np.float32)))
 
 
 def _trivial(a):
@@ -79,7 +97,7 @@ def main():
         print(f"ptx_compile: no usable NVVM here ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
         return NO_TOOLKIT
     failed = 0
-    for name, fn, sig in list(gemvq_cases()) + list(other_cases()):
+    for name, fn, sig in list(gemvq_cases()) + list(gemv_cases()) + list(other_cases()):
         try:
             cuda.compile_ptx(fn, sig, cc=CC)
         except Exception as e:                    # noqa: BLE001 - report every kernel, then fail

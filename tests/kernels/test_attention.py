@@ -80,3 +80,28 @@ def test_prefill_matches_decode(rng, close):
         one = np.empty_like(q[t:t + 1])
         attention.attention_cpu(q[t:t + 1], kc, vc, slot[t:t + 1], pos[t:t + 1], 0.25, one)
         close(one[0], full[t], 1e-6, 1e-6)
+
+
+def test_attention_writes_its_output_quantised_for_gemvq(rng, close):
+    # D = 64: each head's output is two 32-column blocks; 70 positions: two chunks of the simulator's
+    # 64-thread block. The scratch must equal quantize_x of the output, bit for bit.
+    from numba import cuda
+
+    from llcuda_mpi.kernels import gemvq
+    H, Hkv, D, S, C = 2, 1, 64, 2, 80
+    slot, pos = np.array([0, 1], np.int32), np.array([69, 3], np.int32)
+    q = rng.standard_normal((2, H, D)).astype(np.float32)
+    kc, vc = (rng.standard_normal((S, C, Hkv, D)).astype(np.float32) for _ in range(2))
+    out = cuda.device_array(q.shape, np.float32)
+    s = gemvq.scratch(2, H * D, lambda shape, dt: cuda.to_device(np.full(shape, 7, dt)))
+    attention.attention_cuda(cuda.to_device(q), cuda.to_device(kc), cuda.to_device(vc), cuda.to_device(slot),
+                             cuda.to_device(pos), 0.125, out, quant=s)
+    got = out.copy_to_host()
+    close(got, R.attention(q, kc, vc, slot, pos, 0.125, 0), 2e-5, 1e-4)
+    ref = gemvq.scratch(2, H * D, lambda shape, dt: cuda.device_array(shape, dt))
+    gemvq.quantize_x_cuda(cuda.to_device(got.reshape(2, H * D)), ref)
+    for a, b in zip(gemvq.scratch_to_host(s), gemvq.scratch_to_host(ref)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="does not fit"):
+        attention.attention_cuda(cuda.to_device(q), cuda.to_device(kc), cuda.to_device(vc), cuda.to_device(slot),
+                                 cuda.to_device(pos), 0.125, out, quant=gemvq.scratch(1, H * D, lambda sh, dt: cuda.device_array(sh, dt)))

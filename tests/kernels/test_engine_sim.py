@@ -31,8 +31,10 @@ def _generate(model, ops, prompts, n):
 @pytest.mark.slow
 # the simulator runs the sampler's wrapping uint64 hash on numpy scalars, which warn on overflow
 @pytest.mark.filterwarnings("ignore:overflow encountered in scalar:RuntimeWarning")
-def test_generations_identical_cpu_and_cuda(tmp_path):
-    # one greedy and one sampled sequence decoded together in one batch
+def test_generations_identical_cpu_and_cuda(tmp_path, monkeypatch):
+    # one greedy and one sampled sequence decoded together in one batch; the float gemv route (the
+    # int8 route's sums differ from the CPU's: tested against them within a tolerance below)
+    monkeypatch.setenv("LLCUDA_INT8_X", "0")
     model = load_model(make_tiny_model("llama", tmp_path / "micro.gguf", quant="Q8_0", seed=5, **MICRO))
     prompts = [[1, 17, 99, 203], [1, 5]]
     cpu = _generate(model, CpuOps(), prompts, 3)
@@ -51,5 +53,19 @@ def test_int8_x_route_close_to_cpu(tmp_path, quant, monkeypatch):
     ops = CudaOps()
     got = prompt_logits(model, ops, tokens)
     assert set(ops.scratch) == {(4, 32)}, "the int8 route was not taken"
+    want = prompt_logits(model, CpuOps(), tokens)
+    assert np.abs(got - want).max() <= 0.03 * np.abs(want).max()
+
+
+def test_int8_x_attention_writes_the_projection_input(tmp_path, monkeypatch):
+    # head_dim 32: the attention kernel quantises its own output for the attn_output gemvq (no
+    # quantize launch); H * hd = 64 differs from n_embd = 32, so the scratch key says who wrote it
+    monkeypatch.setenv("LLCUDA_INT8_X", "1")
+    cfg = {**MICRO, "head_dim": 32}
+    model = load_model(make_tiny_model("llama", tmp_path / "hd32.gguf", quant="Q8_0", seed=6, **cfg))
+    tokens = [1, 17, 99, 203]
+    ops = CudaOps()
+    got = prompt_logits(model, ops, tokens)
+    assert set(ops.scratch) == {(4, 32), (4, 64)}
     want = prompt_logits(model, CpuOps(), tokens)
     assert np.abs(got - want).max() <= 0.03 * np.abs(want).max()
