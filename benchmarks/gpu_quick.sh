@@ -36,7 +36,7 @@ for q in $QUANTS; do
         --quant "$q" -o "$M/tinyllama-1.1b-$q.gguf" > "$R/make-$q.txt" 2>&1 & pids+=($!); }
 done
 TESTS=${TESTS:-tests/gpu/test_gemvq_gpu.py tests/gpu/test_engine_gpu.py -k "linked or gemvq or int8"}
-eval "part tests-new 200 python3 -m pytest -q -p no:cacheprovider $TESTS"
+eval "part tests-new ${TESTS_LIMIT:-200} python3 -m pytest -q -p no:cacheprovider $TESTS"
 part gemv 90 python3 benchmarks/gemv.py --types F16,Q8_0,Q4_0,Q4_K --batches 1,4
 [ ${#pids[@]} -gt 0 ] && wait "${pids[@]}"
 for q in ${PROFILE:-Q8_0}; do
