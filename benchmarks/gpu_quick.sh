@@ -7,7 +7,7 @@
 # QUANTS (default "Q8_0 Q4_0 Q4_K_M F16"), BATCHES (default 1,8), PREFILL (prompt length, default 0: none),
 # ROUTES (default "0 1": LLCUDA_INT8_X off, on), LCPP (empty: no llama.cpp build / bench),
 # TESTS (pytest arguments for the first part; default: the int8 route's GPU tests), PROFILE (types
-# whose decode step is profiled per kernel, default Q8_0).
+# whose decode step is profiled per kernel, default Q8_0), GEMV (empty: skip benchmarks/gemv.py).
 set -uo pipefail
 R=${R:-/tmp/gr}
 M=${M:-/tmp/models}
@@ -37,7 +37,7 @@ for q in $QUANTS; do
 done
 TESTS=${TESTS:-tests/gpu/test_gemvq_gpu.py tests/gpu/test_engine_gpu.py -k "linked or gemvq or int8"}
 eval "part tests-new ${TESTS_LIMIT:-200} python3 -m pytest -q -p no:cacheprovider $TESTS"
-part gemv 90 python3 benchmarks/gemv.py --types F16,Q8_0,Q4_0,Q4_K --batches 1,4
+[ -n "${GEMV-1}" ] && part gemv 90 python3 benchmarks/gemv.py --types F16,Q8_0,Q4_0,Q4_K --batches 1,4
 [ ${#pids[@]} -gt 0 ] && wait "${pids[@]}"
 for q in ${PROFILE:-Q8_0}; do
     TAIL=14 part "profile-$q" 60 python3 benchmarks/profile_step.py --quant "$q" --model-dir "$M"

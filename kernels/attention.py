@@ -52,7 +52,7 @@ def _attention_kernel(q, kc, vc, S, C, Hkv, slot, pos, scale, window, out, quant
     # and pass, so the attention output projection needs no quantize launch of its own.
     # Scores: thread i takes position start + i (a dot over D from its own cache row, 4 partial sums).
     # Values: warp w takes positions w, w + NW_ATT, ... of the chunk, lane l dims l, l + 32, ...
-    # (coalesced rows, two positions' loads in flight); the warps' sums meet in shared memory at the end.
+    # (coalesced rows, four positions' loads in flight); the warps' sums meet in shared memory at the end.
     bx = cuda.blockIdx.x
     tx = cuda.threadIdx.x
     T, H, D = q.shape
@@ -85,22 +85,24 @@ def _attention_kernel(q, kc, vc, S, C, Hkv, slot, pos, scale, window, out, quant
     cuda.syncthreads()  # q_sh is loaded
     m = float32(-math.inf)  # running max of the scores (same in every thread)
     l = float32(0.0)        # this thread's share of the softmax denominator
-    D4 = D - D % 4
+    Q4 = D // 4
     for start in range(lo, p + 1, TPB_ATT):
         j = start + tx
         sc = float32(-math.inf)
         if j <= p:
+            # four partial sums over the row's quarters: the first pass already asks for every
+            # cache line of the row (the cache is mostly out of L2 by the next step: HBM latency)
             r = row0 + j * RS
             s0 = float32(0.0)
             s1 = float32(0.0)
             s2 = float32(0.0)
             s3 = float32(0.0)
-            for d in range(0, D4, 4):
+            for d in range(Q4):
                 s0 += q_sh[d] * kc[r + d]
-                s1 += q_sh[d + 1] * kc[r + d + 1]
-                s2 += q_sh[d + 2] * kc[r + d + 2]
-                s3 += q_sh[d + 3] * kc[r + d + 3]
-            for d in range(D4, D):
+                s1 += q_sh[Q4 + d] * kc[r + Q4 + d]
+                s2 += q_sh[2 * Q4 + d] * kc[r + 2 * Q4 + d]
+                s3 += q_sh[3 * Q4 + d] * kc[r + 3 * Q4 + d]
+            for d in range(4 * Q4, D):
                 s0 += q_sh[d] * kc[r + d]
             sc = (s0 + s1) + (s2 + s3)
         m_new = max(m, block_max(red, tx, sc))
@@ -115,21 +117,27 @@ def _attention_kernel(q, kc, vc, S, C, Hkv, slot, pos, scale, window, out, quant
         for a in range(NACC):
             acc[a] *= alpha
         jj = wp
-        while jj + NW_ATT < nj:
+        while jj + 3 * NW_ATT < nj:            # four positions' rows in flight per pass
             w0 = w_sh[jj]
             w1 = w_sh[jj + NW_ATT]
+            w2 = w_sh[jj + 2 * NW_ATT]
+            w3 = w_sh[jj + 3 * NW_ATT]
             r0 = row0 + (start + jj) * RS + lane
             r1 = r0 + NW_ATT * RS
+            r2 = r1 + NW_ATT * RS
+            r3 = r2 + NW_ATT * RS
             for a in range(NACC):
                 if lane + 32 * a < D:
-                    acc[a] += w0 * vc[r0 + 32 * a] + w1 * vc[r1 + 32 * a]
-            jj += 2 * NW_ATT
-        if jj < nj:
+                    acc[a] += (w0 * vc[r0 + 32 * a] + w1 * vc[r1 + 32 * a]) + \
+                        (w2 * vc[r2 + 32 * a] + w3 * vc[r3 + 32 * a])
+            jj += 4 * NW_ATT
+        while jj < nj:
             w0 = w_sh[jj]
             r0 = row0 + (start + jj) * RS + lane
             for a in range(NACC):
                 if lane + 32 * a < D:
                     acc[a] += w0 * vc[r0 + 32 * a]
+            jj += NW_ATT
         m = m_new
         cuda.syncthreads()  # every thread has read w_sh before the next chunk writes it
     lsum = block_sum(red, tx, l)
