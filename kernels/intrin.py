@@ -1,16 +1,25 @@
-"""dp4a and half -> float: one PTX instruction each, from kernels/intrin.cu.
+"""dp4a, half -> float and the int8 tensor-core MMA: one PTX instruction each, from kernels/intrin.cu.
 
 Numba has neither: its float16 support needs a float16 array to load from, and
 it has no 4-way int8 dot product. On a GPU they are CUDA C device functions
 linked into the calling kernel (LTO-inlined when nvJitLink is present); on the
 simulator they are the Python functions below, the reference they are tested
 against.
+
+mma_s8(sh, tx, a0, a1, a2, a3, b0, b1) -> (c0, c1, c2, c3): one warp's
+C (16 x 8, int32) = A (16 x 32, int8) . B (32 x 8, int8), the PTX m16n8k32
+fragment layouts (g = lane // 4, t = lane % 4; register bytes are consecutive k):
+  a0: A[g, 4t..4t+3]   a1: A[g+8, 4t..]   a2: A[g, 16+4t..]   a3: A[g+8, 16+4t..]
+  b0: B[4t..4t+3, g]   b1: B[16+4t.., g]
+  c0, c1: C[g, 2t], C[g, 2t+1]            c2, c3: C[g+8, 2t], C[g+8, 2t+1]
+Every thread of the block must call it together. sh (shared int32 (blockDim, 6))
+is where the simulator's lanes exchange fragments; the GPU ignores it.
 """
 
 import os
 
 import numpy as np
-from numba import config, cuda
+from numba import config, cuda, int32, types
 
 CU = os.path.join(os.path.dirname(__file__), "intrin.cu")
 
@@ -31,8 +40,72 @@ def h2f_reference(h):
     return np.float32(np.array([int(h) & 0xFFFF], np.uint16).view(np.float16)[0])
 
 
+def _byte(word, k):
+    """Signed byte k (0..3) of an int32 bit pattern."""
+    return _i8((int(word) >> (8 * k)) & 0xFF)
+
+
 if config.ENABLE_CUDASIM:
     dp4a, h2f = dp4a_reference, h2f_reference
+
+    @cuda.jit(device=True)
+    def mma_s8(sh, tx, a0, a1, a2, a3, b0, b1):
+        lane = tx % 32
+        base = tx - lane
+        for i, v in enumerate((a0, a1, a2, a3, b0, b1)):
+            sh[tx, i] = v
+        cuda.syncthreads()                       # the warp's fragments are in sh
+
+        def a_at(row, k):                        # A[row, k] from its owner lane's register
+            return _byte(sh[base + 4 * (row % 8) + (k % 16) // 4, 2 * (k // 16) + row // 8], k % 4)
+
+        def b_at(k, col):
+            return _byte(sh[base + 4 * col + (k % 16) // 4, 4 + k // 16], k % 4)
+
+        g, t = lane // 4, lane % 4
+        c = [sum(a_at(row, k) * b_at(k, col) for k in range(32))
+             for row, col in ((g, 2 * t), (g, 2 * t + 1), (g + 8, 2 * t), (g + 8, 2 * t + 1))]
+        cuda.syncthreads()                       # every lane has read sh
+        return int32(c[0]), int32(c[1]), int32(c[2]), int32(c[3])
 else:
     dp4a = cuda.declare_device("llc_dp4a", "int32(int32, int32, int32)", link=CU)
     h2f = cuda.declare_device("llc_h2f", "float32(int32)", link=CU)
+    _mma = cuda.declare_device("llc_mma_s8", types.UniTuple(types.int32, 4)(*[types.int32] * 6), link=CU)
+
+    @cuda.jit(device=True)
+    def mma_s8(sh, tx, a0, a1, a2, a3, b0, b1):
+        return _mma(a0, a1, a2, a3, b0, b1)
+
+
+def _word(v):
+    """int32 whose four bytes are the int8 values v[0..3] (low to high)."""
+    return np.frombuffer(np.asarray(v, np.int8).tobytes(), np.int32)[0]
+
+
+@cuda.jit
+def _mma_check_kernel(af, bf, c):
+    tx = cuda.threadIdx.x
+    sh = cuda.shared.array((32, 6), int32)
+    r = mma_s8(sh, tx, af[tx, 0], af[tx, 1], af[tx, 2], af[tx, 3], bf[tx, 0], bf[tx, 1])
+    for i in range(4):
+        c[tx, i] = r[i]
+
+
+def mma_s8_check(A, B):
+    """C = A (16 x 32 int8) . B (32 x 8 int8) through mma_s8, the fragments laid out as documented
+    above: a check of the instruction (GPU) or of its emulation (simulator) against A @ B."""
+    A, B = np.asarray(A, np.int8), np.asarray(B, np.int8)
+    af, bf = np.zeros((32, 4), np.int32), np.zeros((32, 2), np.int32)
+    for lane in range(32):
+        g, t = lane // 4, lane % 4
+        af[lane] = [_word(A[g, 4 * t:4 * t + 4]), _word(A[g + 8, 4 * t:4 * t + 4]),
+                    _word(A[g, 16 + 4 * t:20 + 4 * t]), _word(A[g + 8, 16 + 4 * t:20 + 4 * t])]
+        bf[lane] = [_word(B[4 * t:4 * t + 4, g]), _word(B[16 + 4 * t:20 + 4 * t, g])]
+    c = cuda.device_array((32, 4), np.int32)
+    _mma_check_kernel[1, 32](cuda.to_device(af), cuda.to_device(bf), c)
+    c = c.copy_to_host()
+    C = np.zeros((16, 8), np.int32)
+    for lane in range(32):
+        g, t = lane // 4, lane % 4
+        C[g, 2 * t], C[g, 2 * t + 1], C[g + 8, 2 * t], C[g + 8, 2 * t + 1] = c[lane]
+    return C

@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from llcuda_mpi.engine.ops import DoesNotFit, _Ops
-from llcuda_mpi.kernels import attention, fused, gemm, gemv, gemvq, matvec, sampling
+from llcuda_mpi.kernels import attention, fused, gemm, gemmq, gemv, gemvq, matvec, sampling
 
 
 class StepIO:
@@ -91,7 +91,11 @@ class CudaOps(_Ops):
         # (kernels/gemvq.py, as llama.cpp's mmvq does): 1.2-1.7x faster decode at B = 1 on an H200
         # (docs/performance.md, issue 7 round 3). LLCUDA_INT8_X=0: the float gemv (x kept in float32).
         self.int8_x = os.environ.get("LLCUDA_INT8_X", "1") != "0"
+        # LLCUDA_MMA=1: more than gemv.MAX_B rows of Q8_0 / Q4_0 (prefill, batched decode) through the
+        # int8 tensor cores (kernels/gemmq.py) instead of the FP32 tiled gemm. Off until measured on a GPU.
+        self.mma = os.environ.get("LLCUDA_MMA", "0") == "1"
         self.scratch = {}                              # (B, cols) -> gemvq.Scratch (x quantised)
+        self.retired = []                              # scratches outgrown (kept alive for captured graphs)
 
     def zeros(self, shape, dtype):
         return self.cuda.to_device(np.zeros(shape, dtype))
@@ -231,11 +235,32 @@ class CudaOps(_Ops):
             hit = self.packed[id(w.raw)]
         return hit[1]
 
+    def _gemmq(self, w, x, out, bias, accumulate):
+        """x (T > gemv.MAX_B rows) quantised to int8, then the tensor-core matmul: True if taken."""
+        if not (self.mma and w.qtype in gemmq.KINDS):
+            return False
+        p = self._packed(w)
+        if not gemmq.supports(p):
+            return False
+        T = x.shape[0]
+        s = self.scratch.get(("mma", p.cols))
+        if s is None or s.B < T:                       # one scratch per width, grown to the largest T;
+            if s is not None:                          # the old one stays allocated: captured graphs read it
+                self.retired.append(s)
+            s = self.scratch["mma", p.cols] = gemvq.scratch(T, p.cols, self.zeros)
+        v = gemvq.Scratch(s.xq[:T], s.xd[:T], s.xs[:T], T, p.cols)
+        self.launches += 2
+        gemvq.quantize_x_cuda(x, v, **self.kw)
+        gemmq.gemmq_cuda(p, v, out, bias=bias, accumulate=accumulate, **self.kw)
+        return True
+
     def matvec(self, w, x, out, bias=None, accumulate=False):
         """T <= gemv.MAX_B rows: gemvq (int8 x; gemv with LLCUDA_INT8_X=0 or F16 / BF16 / F32; matvec.py for Q5_K); more: the tiled gemm."""
         p = None if self.legacy or x.shape[0] > gemv.MAX_B else self._packed(w)
         if p is not None and self._gemvq(p, x, None, 0.0, [out], bias=bias, accumulate=accumulate):
             return                                     # its two launches are counted there
+        if not self.legacy and x.shape[0] > gemv.MAX_B and self._gemmq(w, x, out, bias, accumulate):
+            return
         self.launches += 1
         if self.legacy:
             matvec.matvec_cuda(w.raw, w.qtype, x, out, bias=bias, accumulate=accumulate, **self.kw)

@@ -76,3 +76,16 @@ def test_int8_x_decode_path(model, quant, monkeypatch):
     graph_ops = CudaOps(graphs=True)
     graph = _generate(m, graph_ops)
     assert graph_ops.graphs and graph == _generate(m, CudaOps(graphs=False))
+
+
+@pytest.mark.parametrize("quant", ["Q8_0", "Q4_0"])
+def test_mma_prefill_route(model, quant, monkeypatch):
+    # LLCUDA_MMA=1: the 14-token prompt (more than gemv.MAX_B rows) through the int8 tensor cores
+    monkeypatch.setenv("LLCUDA_MMA", "1")
+    m = model("llama", quant)
+    tokens = [t % m.config.n_vocab for t in PROMPT]
+    ops = CudaOps()
+    got = prompt_logits(m, ops, tokens)
+    assert any(k[0] == "mma" for k in ops.scratch), "the tensor-core route was not taken"
+    want = prompt_logits(m, CpuOps(), tokens)
+    assert np.abs(got - want).max() <= 0.03 * np.abs(want).max()

@@ -77,3 +77,31 @@ def test_quantize_and_gemvq(name, rows, cols, B):
     got = y.copy_to_host()
     tol = 1e-4 * np.abs(ref).max() + 1e-4 * np.abs(ref)
     assert (np.abs(got - ref) - tol).max() <= 0
+
+
+def test_linked_mma_s8_is_a_matrix_product():
+    # the PTX m16n8k32 instruction against the fragment layouts kernels/intrin.py documents
+    from llcuda_mpi.kernels import intrin
+    rng = np.random.default_rng(9)
+    for _ in range(3):
+        A = rng.integers(-128, 128, (16, 32)).astype(np.int8)
+        B = rng.integers(-128, 128, (32, 8)).astype(np.int8)
+        np.testing.assert_array_equal(intrin.mma_s8_check(A, B), A.astype(np.int32) @ B.astype(np.int32))
+
+
+@pytest.mark.parametrize("name", ["Q8_0", "Q4_0"])
+@pytest.mark.parametrize("T", [9, 32, 100])
+def test_gemmq_matches_reference(name, T):
+    from llcuda_mpi.kernels import gemmq
+    rng = np.random.default_rng(T)
+    rows, cols = 300, 2048                  # ragged row blocks (300 = 4 x 64 + 44) and token blocks
+    raw = random_raw(name, rows, cols, rng)
+    p = gemv.to_device(gemv.pack(raw, name), cuda.to_device)
+    x = rng.standard_normal((T, cols)).astype(np.float32)
+    s = gemvq.scratch(T, cols, cuda.device_array)
+    gemvq.quantize_x_cuda(cuda.to_device(x), s)
+    bias = rng.standard_normal(rows).astype(np.float32)
+    y = cuda.to_device(np.ones((T, rows), np.float32))
+    gemmq.gemmq_cuda(p, s, y, bias=cuda.to_device(bias), accumulate=True)
+    want = matvec_ref(raw, name, gemvq.dequantized_x(s)) + bias + 1.0
+    np.testing.assert_allclose(y.copy_to_host(), want, atol=1e-3, rtol=1e-4)

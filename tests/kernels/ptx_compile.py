@@ -30,7 +30,7 @@ class _Device:
 
 _dispatcher.get_current_device = lambda: _Device()
 
-from llcuda_mpi.kernels import attention, gemv, gemvq, quant_blocks as qb  # noqa: E402
+from llcuda_mpi.kernels import attention, gemmq, gemv, gemvq, intrin, quant_blocks as qb  # noqa: E402
 
 
 def _typed(*args):
@@ -75,6 +75,21 @@ def gemv_cases():
                        _typed(p.q, p.s, x, y, y, y, y, True, False, p.nw, rows, rows, 0, x[0], np.float32(1e-5)))
 
 
+def gemmq_cases():
+    """The int8 tensor-core matmul for each type, and the MMA helper's own check kernel."""
+    rng = np.random.default_rng(2)
+    rows, cols, T = 70, 64, 40
+    for kind in gemmq.KINDS:
+        fmt = qb.format_of(kind)
+        p = gemv.pack(rng.integers(0, 255, (rows, qb.row_bytes(fmt.qtype, cols)), dtype=np.uint8), fmt.qtype)
+        y = np.zeros((T, rows), np.float32)
+        yield (f"gemmq {kind}", gemmq._kernel(kind).py_func,
+               _typed(p.q, p.s, np.zeros((T, cols // 8), np.int64), np.zeros((T, cols // 32), np.float32),
+                      y, y, True, False, cols // 32, rows))
+    yield ("mma_s8 check", intrin._mma_check_kernel.py_func,
+           _typed(np.zeros((32, 4), np.int32), np.zeros((32, 2), np.int32), np.zeros((32, 4), np.int32)))
+
+
 def other_cases():
     """(name, python function, signature) of the other kernels rewritten since their last GPU run."""
     q = np.zeros((2, 8, 64), np.float32)
@@ -97,7 +112,7 @@ def main():
         print(f"ptx_compile: no usable NVVM here ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
         return NO_TOOLKIT
     failed = 0
-    for name, fn, sig in list(gemvq_cases()) + list(gemv_cases()) + list(other_cases()):
+    for name, fn, sig in list(gemvq_cases()) + list(gemv_cases()) + list(gemmq_cases()) + list(other_cases()):
         try:
             cuda.compile_ptx(fn, sig, cc=CC)
         except Exception as e:                    # noqa: BLE001 - report every kernel, then fail

@@ -69,3 +69,16 @@ def test_int8_x_attention_writes_the_projection_input(tmp_path, monkeypatch):
     assert set(ops.scratch) == {(4, 32), (4, 64)}
     want = prompt_logits(model, CpuOps(), tokens)
     assert np.abs(got - want).max() <= 0.03 * np.abs(want).max()
+
+
+@pytest.mark.slow
+def test_mma_route_close_to_cpu(tmp_path, monkeypatch):
+    # LLCUDA_MMA=1: a 10-token prompt (more than gemv.MAX_B rows) through kernels/gemmq.py
+    monkeypatch.setenv("LLCUDA_MMA", "1")
+    model = load_model(make_tiny_model("llama", tmp_path / "micro.gguf", quant="Q8_0", seed=5, **MICRO))
+    tokens = [1, 17, 99, 203, 5, 6, 7, 8, 9, 10]
+    ops = CudaOps()
+    got = prompt_logits(model, ops, tokens)
+    assert set(ops.scratch) == {("mma", 32)}, "the tensor-core route was not taken"
+    want = prompt_logits(model, CpuOps(), tokens)
+    assert np.abs(got - want).max() <= 0.03 * np.abs(want).max()
