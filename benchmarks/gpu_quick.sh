@@ -7,7 +7,9 @@
 # QUANTS (default "Q8_0 Q4_0 Q4_K_M F16"), BATCHES (default 1,8), PREFILL (prompt length, default 0: none),
 # ROUTES (default "0 1": LLCUDA_INT8_X off, on), LCPP (empty: no llama.cpp build / bench),
 # TESTS (pytest arguments for the first part; default: the int8 route's GPU tests), PROFILE (types
-# whose decode step is profiled per kernel, default Q8_0), GEMV (empty: skip benchmarks/gemv.py).
+# whose decode step is profiled per kernel, default Q8_0), GEMV (empty: skip benchmarks/gemv.py),
+# MMA (default "0"; "0 1": the engine timed without and with LLCUDA_MMA, the tensor-core prefill / B > 8),
+# GEMM (non-empty: benchmarks/gemm.py, FP32 gemm vs gemmq per matrix at 32 and 512 tokens).
 set -uo pipefail
 R=${R:-/tmp/gr}
 M=${M:-/tmp/models}
@@ -38,6 +40,7 @@ done
 TESTS=${TESTS:-tests/gpu/test_gemvq_gpu.py tests/gpu/test_engine_gpu.py -k "linked or gemvq or int8"}
 eval "part tests-new ${TESTS_LIMIT:-200} python3 -m pytest -q -p no:cacheprovider $TESTS"
 [ -n "${GEMV-1}" ] && part gemv 90 python3 benchmarks/gemv.py --types F16,Q8_0,Q4_0,Q4_K --batches 1,4
+[ -n "${GEMM-}" ] && part gemm 120 python3 benchmarks/gemm.py --types Q8_0,Q4_0 --tokens 32,512
 [ ${#pids[@]} -gt 0 ] && wait "${pids[@]}"
 for q in ${PROFILE:-Q8_0}; do
     TAIL=14 part "profile-$q" 60 python3 benchmarks/profile_step.py --quant "$q" --model-dir "$M"
@@ -45,9 +48,12 @@ done
 # the timed runs start once the build is done: its 12 compiler processes would slow our host side
 if [ -n "$build" ]; then wait "$build"; tail -n 2 "$R/lcpp-build.txt"; build=""; fi
 for r in $ROUTES; do
-    part "engine-int8x$r" 150 env LLCUDA_INT8_X=$r python3 benchmarks/engine.py --quants "$(echo $QUANTS | tr ' ' ,)" \
-        --batches "$BATCHES" --steps 24 --prefill "${PREFILL:-0}" --model-dir "$M" --json "$R/engine-int8x$r.json"
+    for mm in ${MMA:-0}; do
+        sfx=int8x$r; [ "$mm" = 1 ] && sfx=$sfx-mma
+        part "engine-$sfx" 150 env LLCUDA_INT8_X=$r LLCUDA_MMA=$mm python3 benchmarks/engine.py \
+            --quants "$(echo $QUANTS | tr ' ' ,)" --batches "$BATCHES" --steps 24 --prefill "${PREFILL:-0}" \
+            --model-dir "$M" --json "$R/engine-$sfx.json"
+    done
 done
-if [ -n "$build" ]; then wait "$build"; tail -n 2 "$R/lcpp-build.txt"; fi
 [ -n "${LCPP-1}" ] && TAIL=40 part llamacpp 150 env QUANTS="$QUANTS" bash benchmarks/llamacpp_gpu.sh bench "$M"
 echo "[$((SECONDS - t0)) s] done"
