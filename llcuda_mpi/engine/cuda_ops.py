@@ -255,7 +255,8 @@ class CudaOps(_Ops):
         return True
 
     def matvec(self, w, x, out, bias=None, accumulate=False):
-        """T <= gemv.MAX_B rows: gemvq (int8 x; gemv with LLCUDA_INT8_X=0 or F16 / BF16 / F32; matvec.py for Q5_K); more: the tiled gemm."""
+        """T <= gemv.MAX_B rows: gemvq (int8 x; the float gemv with LLCUDA_INT8_X=0 or for F16 / BF16 /
+        F32; matvec.py for Q5_K). More rows: the tiled FP32 gemm (gemmq's tensor cores with LLCUDA_MMA=1)."""
         p = None if self.legacy or x.shape[0] > gemv.MAX_B else self._packed(w)
         if p is not None and self._gemvq(p, x, None, 0.0, [out], bias=bias, accumulate=accumulate):
             return                                     # its two launches are counted there

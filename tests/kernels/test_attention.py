@@ -102,6 +102,7 @@ def test_attention_writes_its_output_quantised_for_gemvq(rng, close):
     gemvq.quantize_x_cuda(cuda.to_device(got.reshape(2, H * D)), ref)
     for a, b in zip(gemvq.scratch_to_host(s), gemvq.scratch_to_host(ref)):
         np.testing.assert_array_equal(a, b)
+    one_row = gemvq.scratch(1, H * D, lambda shape, dt: cuda.device_array(shape, dt))
     with pytest.raises(ValueError, match="does not fit"):
         attention.attention_cuda(cuda.to_device(q), cuda.to_device(kc), cuda.to_device(vc), cuda.to_device(slot),
-                                 cuda.to_device(pos), 0.125, out, quant=gemvq.scratch(1, H * D, lambda sh, dt: cuda.device_array(sh, dt)))
+                                 cuda.to_device(pos), 0.125, out, quant=one_row)
