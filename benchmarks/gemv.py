@@ -1,7 +1,7 @@
 """Decode matvec kernels at TinyLlama-1.1B shapes: float gemv (kernels/gemv.py) vs int8-activation
 gemvq (kernels/gemvq.py, x quantised first), each launch captured REPS times in one CUDA graph.
 
-    python benchmarks/gemv.py [--types F16,Q8_0,Q4_0,Q4_K,Q6_K] [--batches 1,4] [--reps 100]
+    python benchmarks/gemv.py [--types F16,Q8_0,Q4_0,Q4_K,Q5_K,Q6_K] [--batches 1,4] [--reps 100]
 
 us per launch and GB/s (weight bytes / time); gemvq's line includes its quantize_x launch
 (shown apart too). Expected: gemvq several times faster than gemv on Q8_0 / Q4_0.
@@ -47,7 +47,7 @@ def graph_time(launch, reps):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--types", default="F16,Q8_0,Q4_0,Q4_K,Q6_K")
+    ap.add_argument("--types", default="F16,Q8_0,Q4_0,Q4_K,Q5_K,Q6_K")
     ap.add_argument("--batches", default="1,4")
     ap.add_argument("--reps", type=int, default=100)
     a = ap.parse_args()

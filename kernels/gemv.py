@@ -1,12 +1,12 @@
 """Decode matvec y (B, rows) [+]= x (B, cols) @ W.T for small B (<= MAX_B), 8-byte weight loads.
 
-Weights are read as int64 words. F32 / F16 / BF16 / Q4_K rows are their raw
-GGUF bytes viewed as int64 (every field of those blocks is 8-byte aligned).
+Weights are read as int64 words. F32 / F16 / BF16 / Q4_K / Q5_K rows are their
+raw GGUF bytes viewed as int64 (every field of those blocks is 8-byte aligned).
 Q8_0 (34-byte blocks) and Q4_0 (18-byte blocks) are repacked once at load by
 `pack`: the same bytes reordered, quants (rows, cols or cols/2) in one array
 and the f16 scales (rows, blocks) in another, so quants are 8-byte aligned
 (no dequantised copy). Q6_K (210-byte blocks) is repacked the same way: ql|qh
-as int64 words, scales|d as bytes. Q5_K is not handled here (`pack` returns None).
+as int64 words, scales|d as bytes.
 
 Fusions (compile-time variants of the one kernel, see `gemv_fused_cuda`):
 NORM stages x * rsqrt(mean(x^2) + eps) * w_norm in shared memory before the
@@ -40,7 +40,7 @@ GELU_C = 0.7978845608028654  # sqrt(2 / pi)
 
 # kind -> (RUN, RUNS): elements per run, runs per word
 SHAPES = {"F32": (2, 1), "F16": (4, 1), "BF16": (4, 1), "Q8_0": (8, 1), "Q4_0": (8, 2), "Q4_K": (8, 2),
-          "Q6_K": (8, 2)}
+          "Q5_K": (8, 2), "Q6_K": (8, 2)}
 XS = 8192          # floats of shared memory for the NORM prologue's staged x (B * cols <= XS)
 TPBK = 32 * WARPS  # threads per block
 PLAIN, SPLIT, SWIGLU = 0, 1, 2     # epilogues
@@ -64,7 +64,7 @@ def pack(raw, qtype):
     rows, nbytes = raw.shape
     cols = qb.cols_of(fmt.qtype, nbytes)
     none = np.zeros((1, 1), np.uint16)
-    if fmt.name in ("F32", "F16", "BF16", "Q4_K") and nbytes % 8 == 0:
+    if fmt.name in ("F32", "F16", "BF16", "Q4_K", "Q5_K") and nbytes % 8 == 0:
         nw = cols // (SHAPES[fmt.name][0] * SHAPES[fmt.name][1])
         return Packed(fmt.name, raw.view(np.int64), none, rows, cols, nw)
     if fmt.name in ("Q8_0", "Q4_0"):
@@ -228,6 +228,39 @@ def dec_q4_k(w, q, s, row, i, vals):
 
 
 @cuda.jit(device=True)
+def widx_q5_k(i):
+    return (i >> 4) * 22 + 6 + (i & 15)      # 176-byte block = 22 words: d, dmin, scales | qh (4) | qs (16)
+
+
+@cuda.jit(device=True)
+def dec_q5_k(w, q, s, row, i, vals):
+    # Q4_K's layout plus a fifth bit per value: qs word k = i & 15 holds elements l0 + j (l0 = 8 (k & 3))
+    # of 64-column chunk c = k >> 2; qh byte l0 + j (word 2 + (k & 3)) has bit 2c for the low nibble's
+    # value (sub-block 2c) and bit 2c + 1 for the high nibble's (sub-block 2c + 1)
+    b = i >> 4
+    k = i & 15
+    c = k >> 2
+    h0 = q[row, 22 * b]
+    h1 = q[row, 22 * b + 1]
+    hw = q[row, 22 * b + 2 + (k & 3)]
+    d = h2f(h0 & 0xFFFF)
+    dmin = h2f((h0 >> 16) & 0xFFFF)
+    sc, m = sc_min(h0, h1, 2 * c)
+    d1 = d * np.float32(sc)
+    m1 = dmin * np.float32(m)
+    sc, m = sc_min(h0, h1, 2 * c + 1)
+    d2 = d * np.float32(sc)
+    m2 = dmin * np.float32(m)
+    for j in range(8):
+        byte = (w >> (8 * j)) & 0xFF
+        hb = (hw >> (8 * j)) >> (2 * c)
+        vals[j] = d1 * np.float32((byte & 0xF) | ((hb & 1) << 4)) - m1
+        vals[8 + j] = d2 * np.float32((byte >> 4) | (((hb >> 1) & 1) << 4)) - m2
+    c0 = 256 * b + 64 * c + 8 * (k & 3)
+    return c0, c0 + 32
+
+
+@cuda.jit(device=True)
 def widx_q6_k(i):
     return (i >> 4) * 24 + (i & 15)          # 24 words per block: 16 of ql, 8 of qh
 
@@ -265,7 +298,7 @@ def dec_q6_k(w, q, s, row, i, vals):
 
 DECODE = {"F32": (dec_f32, widx_plain), "F16": (dec_f16, widx_plain), "BF16": (dec_bf16, widx_plain),
           "Q8_0": (dec_q8_0, widx_plain), "Q4_0": (dec_q4_0, widx_plain), "Q4_K": (dec_q4_k, widx_q4_k),
-          "Q6_K": (dec_q6_k, widx_q6_k)}
+          "Q5_K": (dec_q5_k, widx_q5_k), "Q6_K": (dec_q6_k, widx_q6_k)}
 
 
 # ---------------------------------------------------------------- kernel

@@ -1,4 +1,4 @@
-"""Decode matvec with int8 activations (dp4a): y (B, rows) [+]= x (B, cols) @ W.T, Q8_0 / Q4_0 / Q4_K / Q6_K.
+"""Decode matvec with int8 activations (dp4a): y (B, rows) [+]= x (B, cols) @ W.T, Q8_0 / Q4_0 / Q4_K / Q5_K / Q6_K.
 
 Two launches. `quantize_x_cuda` turns x (optionally RMSNorm-ed first) into
 32-column blocks of int8 with a float scale xd and xs = xd * sum(q) (the
@@ -33,7 +33,7 @@ from ._common import SIM, block_sum, blocks, warp_max, warp_sum
 from .intrin import dp4a as _dp4a
 from .intrin import h2f
 
-KINDS = ("Q8_0", "Q4_0", "Q4_K", "Q6_K")
+KINDS = ("Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K")
 QW = 2 if SIM else 8                   # 32-column blocks (warps) per block of quantize_x
 QTPB = 32 * QW                         # its threads per block
 WARPS = gemv.WARPS                     # rows per block (a plain global: numba needs shared-array shapes as constants)
@@ -239,6 +239,34 @@ def unit_q4_k(q, s, row, u, xq, xd, xs, b):
 
 
 @cuda.jit(device=True)
+def unit_q5_k(q, s, row, u, xq, xd, xs, b):
+    """Q4_K's unit in 22-word blocks (d, dmin, scales | qh words 2..5 | qs words 6..21), each nibble
+    with a fifth bit from qh: bit 2c of qh byte l for sub-block 2c's element l, bit 2c + 1 for 2c + 1."""
+    k = u >> 2
+    c = u & 3
+    h0 = q[row, 22 * k]
+    h1 = q[row, 22 * k + 1]
+    d = h2f(int32(h0 & 0xFFFF))
+    dmin = h2f(int32((h0 >> 16) & 0xFFFF))
+    x1 = 8 * k + 2 * c
+    t1 = int32(0)
+    t2 = int32(0)
+    for j in range(4):
+        w = q[row, 22 * k + 6 + 4 * c + j]
+        hw = q[row, 22 * k + 2 + j]
+        v1 = xq[b, 4 * x1 + j]
+        v2 = xq[b, 4 * x1 + 4 + j]
+        t1 = dp4a((lo32(w) & NIB) | (((lo32(hw) >> (2 * c)) & ONES) << 4), lo32(v1), t1)
+        t1 = dp4a((hi32(w) & NIB) | (((hi32(hw) >> (2 * c)) & ONES) << 4), hi32(v1), t1)
+        t2 = dp4a(((lo32(w) >> 4) & NIB) | (((lo32(hw) >> (2 * c + 1)) & ONES) << 4), lo32(v2), t2)
+        t2 = dp4a(((hi32(w) >> 4) & NIB) | (((hi32(hw) >> (2 * c + 1)) & ONES) << 4), hi32(v2), t2)
+    sc1, m1 = gemv.sc_min(h0, h1, 2 * c)
+    sc2, m2 = gemv.sc_min(h0, h1, 2 * c + 1)
+    return (d * float32(sc1) * xd[b, x1] * float32(t1) - dmin * float32(m1) * xs[b, x1]
+            + d * float32(sc2) * xd[b, x1 + 1] * float32(t2) - dmin * float32(m2) * xs[b, x1 + 1])
+
+
+@cuda.jit(device=True)
 def q6_half(ql, qh, sh):
     """Four 6-bit quants (as bytes) from 4 nibbles of ql (already shifted and masked) and qh >> sh."""
     return ql | (((qh >> sh) & 0x03030303) << 4)
@@ -284,7 +312,8 @@ def unit_q6_k(q, s, row, u, xq, xd, xs, b):
     return total
 
 
-UNITS = {"Q8_0": (unit_q8_0, 32), "Q4_0": (unit_q4_0, 32), "Q4_K": (unit_q4_k, 64), "Q6_K": (unit_q6_k, 64)}
+UNITS = {"Q8_0": (unit_q8_0, 32), "Q4_0": (unit_q4_0, 32), "Q4_K": (unit_q4_k, 64), "Q5_K": (unit_q5_k, 64),
+         "Q6_K": (unit_q6_k, 64)}
 
 
 def _make_kernel(kind, NB, EPI, ACT):

@@ -87,7 +87,7 @@ class CudaOps(_Ops):
         self.legacy = os.environ.get("LLCUDA_LEGACY_MATVEC", "") == "1"
         # LLCUDA_FUSE_NORM=0: RMSNorm as its own kernel before the fused gemvs (for benchmarks)
         self.fuse_norm = os.environ.get("LLCUDA_FUSE_NORM", "1") != "0"
-        # Q8_0 / Q4_0 / Q4_K / Q6_K decode matvecs quantise x to int8 blocks for the dp4a kernels
+        # Q8_0 / Q4_0 / Q4_K / Q5_K / Q6_K decode matvecs quantise x to int8 blocks for the dp4a kernels
         # (kernels/gemvq.py, as llama.cpp's mmvq does): 1.2-1.7x faster decode at B = 1 on an H200
         # (docs/performance.md, issue 7 round 3). LLCUDA_INT8_X=0: the float gemv (x kept in float32).
         self.int8_x = os.environ.get("LLCUDA_INT8_X", "1") != "0"
@@ -104,11 +104,11 @@ class CudaOps(_Ops):
         """Layout for the decode gemv, once per weight (host: its GGUF bytes on the host).
 
         Q8_0 / Q4_0 / Q6_K get a repacked copy (same bytes, quants and scales apart);
-        other types use an int64 view of w.raw; Q5_K gets None (matvec.py).
+        other types use an int64 view of w.raw.
         """
         p = gemv.pack(host, w.qtype)
         if p is not None:
-            raw_view = p.kind in ("F32", "F16", "BF16", "Q4_K")
+            raw_view = p.kind in ("F32", "F16", "BF16", "Q4_K", "Q5_K")
             p = gemv.Packed(p.kind, w.raw.view(np.int64) if raw_view else self.upload(p.q),
                             self.upload(p.s), p.rows, p.cols, p.nw)
         self.packed[id(w.raw)] = (w.raw, p)
@@ -256,7 +256,8 @@ class CudaOps(_Ops):
 
     def matvec(self, w, x, out, bias=None, accumulate=False):
         """T <= gemv.MAX_B rows: gemvq (int8 x; the float gemv with LLCUDA_INT8_X=0 or for F16 / BF16 /
-        F32; matvec.py for Q5_K). More rows: the tiled FP32 gemm (gemmq's tensor cores with LLCUDA_MMA=1)."""
+        F32; matvec.py where gemv.pack declines). More rows: the tiled FP32 gemm (gemmq's tensor cores with
+        LLCUDA_MMA=1)."""
         p = None if self.legacy or x.shape[0] > gemv.MAX_B else self._packed(w)
         if p is not None and self._gemvq(p, x, None, 0.0, [out], bias=bias, accumulate=accumulate):
             return                                     # its two launches are counted there

@@ -61,7 +61,7 @@ def test_generations_graph_eager_cpu_identical(model, arch, quant, monkeypatch):
     assert graph == _generate(m, CpuOps())
 
 
-@pytest.mark.parametrize("quant", ["Q8_0", "Q4_0", "Q4_K_M"])
+@pytest.mark.parametrize("quant", ["Q8_0", "Q4_0", "Q4_K_M", "Q5_K"])
 def test_int8_x_decode_path(model, quant, monkeypatch):
     # the default route: Q8_0 / Q4_0 / Q4_K / Q6_K decode matvecs through kernels/gemvq.py (x quantised
     # to int8, as llama.cpp's mmvq does): close to the CPU's float sums, and graph == eager exactly

@@ -63,7 +63,7 @@ def gemv_cases():
     """The float gemv for every format it packs, batch buckets 1 and 8, with and without the norm prologue."""
     rng = np.random.default_rng(1)
     rows, cols = 16, 256
-    for kind in ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q6_K"):
+    for kind in ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"):
         fmt = qb.format_of(kind)
         p = gemv.pack(rng.integers(0, 255, (rows, qb.row_bytes(fmt.qtype, cols)), dtype=np.uint8), fmt.qtype)
         for nb in (1, 8):
