@@ -23,4 +23,4 @@ def test_cuda_kernels_compile_to_ptx():
     if r.returncode == NO_TOOLKIT:
         pytest.skip(r.stdout.strip() or "no NVVM / NVRTC here (pip install the test extra)")
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
-    assert r.stdout.count("\nok ") + r.stdout.startswith("ok ") >= 67, r.stdout
+    assert r.stdout.count("\nok ") + r.stdout.startswith("ok ") >= 41, r.stdout
