@@ -68,8 +68,10 @@ class EngineBackend(Backend):
             raise ValueError(f"--n-ctx must be >= 0, got {args.n_ctx}")
         model = open_model(args.model)
         kind = getattr(device, "kind", str(device))
-        return cls(build_engine(model, kind, args.slots, args.n_ctx, args.prefill_chunk, args.cuda_graphs,
-                                args.cpu_threads), device)
+        engine = build_engine(model, kind, args.slots, args.n_ctx, args.prefill_chunk, args.cuda_graphs,
+                              args.cpu_threads)
+        engine.warm_up()           # kernels loaded / compiled before the first request's clock starts
+        return cls(engine, device)
 
     def submit(self, request):
         t = time.time()

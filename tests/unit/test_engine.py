@@ -104,6 +104,28 @@ def test_continuous_batching_equals_alone(models):
     assert engine.steps > 0 and not engine.active and len(engine.free_slots) == 2
 
 
+def test_warm_up_leaves_the_engine_as_new(models):
+    # warm_up runs every step shape once (kernels loaded / compiled before any timing); afterwards
+    # the engine generates exactly what a fresh one does, greedy and sampled alike
+    model = models("llama")
+    prompts = [_tokens(model)[:3 + i] for i in range(3)]
+
+    def requests():
+        return [Request(i, prompt_tokens=p, max_tokens=5, ignore_eos=True, temperature=0.8 * (i % 2), seed=i)
+                for i, p in enumerate(prompts)]
+    fresh = Engine(model, CpuOps(), EngineConfig(n_slots=3, n_ctx=32, prefill_chunk=8))
+    warm = Engine(model, CpuOps(), EngineConfig(n_slots=3, n_ctx=32, prefill_chunk=8))
+    warm.warm_up()
+    assert not warm.busy() and warm.steps == 0 and warm.free_slots == fresh.free_slots
+    want, _ = _run(fresh, requests())
+    got, _ = _run(warm, requests())
+    assert [got[i].token_ids for i in range(3)] == [want[i].token_ids for i in range(3)]
+    assert warm.steps == fresh.steps
+    warm.submit(Request(9, prompt_tokens=[1, 2], max_tokens=1))
+    with pytest.raises(RuntimeError, match="requests"):
+        warm.warm_up()
+
+
 def test_stop_string_and_errors(models):
     model = models("llama")
     engine = Engine(model, CpuOps(), EngineConfig(n_slots=2, n_ctx=16, prefill_chunk=8))
