@@ -9,7 +9,8 @@
 # TESTS (pytest arguments for the first part; default: the int8 route's GPU tests), PROFILE (types
 # whose decode step is profiled per kernel, default Q8_0), GEMV (empty: skip benchmarks/gemv.py),
 # MMA (default "0"; "0 1": the engine timed without and with LLCUDA_MMA, the tensor-core prefill / B > 8),
-# GEMM (non-empty: benchmarks/gemm.py, FP32 gemm vs gemmq per matrix at 32 and 512 tokens).
+# GEMM (non-empty: benchmarks/gemm.py, FP32 gemm vs gemmq per matrix at 32 and 512 tokens),
+# NCU (a kernel-name regex, e.g. attention: Nsight Compute sections for its first launches).
 set -uo pipefail
 R=${R:-/tmp/gr}
 M=${M:-/tmp/models}
@@ -45,6 +46,17 @@ eval "part tests-new ${TESTS_LIMIT:-200} python3 -m pytest -q -p no:cacheprovide
 for q in ${PROFILE:-Q8_0}; do
     TAIL=14 part "profile-$q" 60 python3 benchmarks/profile_step.py --quant "$q" --model-dir "$M"
 done
+# NCU=regex: Nsight Compute on the first launches of the kernels whose names match (when ncu is there)
+if [ -n "${NCU-}" ]; then
+    ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null || true)
+    if [ -n "$ncu" ]; then
+        TAIL=60 part ncu 150 "$ncu" --kernel-name "regex:$NCU" --launch-count 4 --section SpeedOfLight \
+            --section MemoryWorkloadAnalysis --section LaunchStats --section Occupancy \
+            python3 benchmarks/profile_step.py --quant Q8_0 --steps 2 --model-dir "$M"
+    else
+        echo "NCU: no ncu on this machine"
+    fi
+fi
 # the timed runs start once the build is done: its 12 compiler processes would slow our host side
 if [ -n "$build" ]; then wait "$build"; tail -n 2 "$R/lcpp-build.txt"; build=""; fi
 for r in $ROUTES; do
