@@ -31,7 +31,7 @@ from numba import config, cuda, float32
 from . import intrin
 from . import quant_blocks as qb
 
-WARPS = 8          # rows per block
+WARPS = 2 if config.ENABLE_CUDASIM else 8   # rows per block (fewer on the simulator: a Python thread per lane)
 U = 4              # words per lane loaded before decoding
 MAX_B = 8          # batch rows one launch handles (more: kernels/gemm.py)
 NBS = (1, 2, 4, 8)  # compiled accumulator counts

@@ -38,7 +38,7 @@ def test_h2f_every_half_bit_pattern():
 @pytest.mark.parametrize("name,cols", GEMV_CASES)
 @pytest.mark.parametrize("B", [1, 3])
 def test_gemv_matches_reference(name, cols, B, rng, close):
-    rows = 10                                       # two blocks of WARPS rows, the second partial
+    rows = 10                                       # several blocks of WARPS rows (GPU: 8, the second partial)
     raw = random_raw(name, rows, cols, rng)
     p = gemv.pack(raw, name)
     assert p is not None and p.kind == name
@@ -83,7 +83,7 @@ def test_gemv_fused_norm_split_bias(name, B, rng, close):
 @pytest.mark.parametrize("act,norm", [("silu", True), ("gelu", False)])
 def test_gemv_fused_swiglu(act, norm, rng, close):
     # interleaved gate/up rows -> act(gate) * up, accumulated onto y
-    name, cols, n = "Q8_0", 128, 8                   # 16 fused rows: two blocks of WARPS rows
+    name, cols, n = "Q8_0", 128, 8                   # 16 fused rows: several blocks of WARPS rows
     gate, up = random_raw(name, n, cols, rng), random_raw(name, n, cols, rng)
     p = gemv.to_device(gemv.pack(gemv.fuse_rows([gate, up], interleave=True), name), cuda.to_device)
     x = rng.standard_normal((2, cols)).astype(np.float32)

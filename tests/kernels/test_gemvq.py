@@ -69,7 +69,7 @@ def _ref_from_scratch(raw, name, s):
 @pytest.mark.parametrize("name", gemvq.KINDS)
 @pytest.mark.parametrize("B", [1, 3])
 def test_gemvq_matches_reference(name, B, rng, close):
-    rows, cols = 10, 256                        # two blocks of WARPS rows, the second partial
+    rows, cols = 10, 256                        # several blocks of WARPS rows (GPU: 8, the second partial)
     raw = random_raw(name, rows, cols, rng)
     p = gemv.to_device(gemv.pack(raw, name), cuda.to_device)
     assert gemvq.supports(p)
