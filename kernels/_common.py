@@ -93,28 +93,28 @@ def block_max(sh, tx, val):
 # both targets every thread of the BLOCK must call them together (no divergent calls).
 if SIM:
     @cuda.jit(device=True)
-    def warp_sum(sh, tx, v):
-        """Sum of v over the 32 lanes of tx's warp (sh: shared scratch, one slot per thread)."""
+    def _warp_values(sh, tx, v):
+        """The 32 values of v in tx's warp, lane order (exchanged through sh between barriers)."""
         sh[tx] = v
         cuda.syncthreads()
         base = tx - tx % 32
-        t = sh[base]
-        for i in range(1, 32):
-            t += sh[base + i]
+        vals = [sh[base + i] for i in range(32)]
         cuda.syncthreads()
+        return vals
+
+    @cuda.jit(device=True)
+    def warp_sum(sh, tx, v):
+        """Sum of v over the 32 lanes of tx's warp (sh: shared scratch, one slot per thread)."""
+        vals = _warp_values(sh, tx, v)
+        t = vals[0]
+        for x in vals[1:]:
+            t += x
         return t
 
     @cuda.jit(device=True)
     def warp_max(sh, tx, v):
         """Maximum of v over the 32 lanes of tx's warp (sh as warp_sum's)."""
-        sh[tx] = v
-        cuda.syncthreads()
-        base = tx - tx % 32
-        t = sh[base]
-        for i in range(1, 32):
-            t = max(t, sh[base + i])
-        cuda.syncthreads()
-        return t
+        return max(_warp_values(sh, tx, v))
 else:
     @cuda.jit(device=True)
     def warp_sum(sh, tx, v):

@@ -203,22 +203,26 @@ def sc_min(h0, h1, sb):
 
 
 @cuda.jit(device=True)
-def dec_q4_k(w, q, s, row, i, vals):
-    # qs word k = i & 15 of block b: bytes 32c + l0 + j (c = k >> 2, l0 = 8 (k & 3));
-    # low nibble -> sub-block 2c element l0 + j, high -> sub-block 2c + 1
-    b = i >> 4
-    k = i & 15
-    c = k >> 2
-    h0 = q[row, 18 * b]
-    h1 = q[row, 18 * b + 1]
+def k_scales(h0, h1, c):
+    """(d1, m1, d2, m2) of a Q4_K / Q5_K block whose first two words are h0, h1: d * scale and
+    dmin * min of sub-blocks 2c and 2c + 1 (value = d1 * q - m1)."""
     d = h2f(h0 & 0xFFFF)
     dmin = h2f((h0 >> 16) & 0xFFFF)
     sc, m = sc_min(h0, h1, 2 * c)
     d1 = d * np.float32(sc)
     m1 = dmin * np.float32(m)
     sc, m = sc_min(h0, h1, 2 * c + 1)
-    d2 = d * np.float32(sc)
-    m2 = dmin * np.float32(m)
+    return d1, m1, d * np.float32(sc), dmin * np.float32(m)
+
+
+@cuda.jit(device=True)
+def dec_q4_k(w, q, s, row, i, vals):
+    # qs word k = i & 15 of block b: bytes 32c + l0 + j (c = k >> 2, l0 = 8 (k & 3));
+    # low nibble -> sub-block 2c element l0 + j, high -> sub-block 2c + 1
+    b = i >> 4
+    k = i & 15
+    c = k >> 2
+    d1, m1, d2, m2 = k_scales(q[row, 18 * b], q[row, 18 * b + 1], c)
     for j in range(8):
         byte = (w >> (8 * j)) & 0xFF
         vals[j] = d1 * np.float32(byte & 0xF) - m1
@@ -240,17 +244,8 @@ def dec_q5_k(w, q, s, row, i, vals):
     b = i >> 4
     k = i & 15
     c = k >> 2
-    h0 = q[row, 22 * b]
-    h1 = q[row, 22 * b + 1]
     hw = q[row, 22 * b + 2 + (k & 3)]
-    d = h2f(h0 & 0xFFFF)
-    dmin = h2f((h0 >> 16) & 0xFFFF)
-    sc, m = sc_min(h0, h1, 2 * c)
-    d1 = d * np.float32(sc)
-    m1 = dmin * np.float32(m)
-    sc, m = sc_min(h0, h1, 2 * c + 1)
-    d2 = d * np.float32(sc)
-    m2 = dmin * np.float32(m)
+    d1, m1, d2, m2 = k_scales(q[row, 22 * b], q[row, 22 * b + 1], c)
     for j in range(8):
         byte = (w >> (8 * j)) & 0xFF
         hb = (hw >> (8 * j)) >> (2 * c)

@@ -212,15 +212,21 @@ def unit_q4_0(q, s, row, u, xq, xd, xs, b):
 
 
 @cuda.jit(device=True)
+def k_pair(h0, h1, c, x1, t1, t2, xd, xs, b):
+    """A Q4_K / Q5_K unit's value from its two sub-blocks' int8 dot products t1, t2 (x blocks x1, x1 + 1):
+    d * scale * xd * t - dmin * min * xs per sub-block (the min through x's block sum)."""
+    d1, m1, d2, m2 = gemv.k_scales(h0, h1, c)
+    return d1 * xd[b, x1] * float32(t1) - m1 * xs[b, x1] + d2 * xd[b, x1 + 1] * float32(t2) - m2 * xs[b, x1 + 1]
+
+
+@cuda.jit(device=True)
 def unit_q4_k(q, s, row, u, xq, xd, xs, b):
     """Unit u = 64 columns: chunk c = u & 3 of 256-block k = u >> 2, i.e. qs bytes 32c..32c+31
     (words 2 + 4c.. of the block's 18): low nibbles are sub-block 2c, high nibbles 2c + 1."""
     k = u >> 2
     c = u & 3
-    h0 = q[row, 18 * k]
+    h0 = q[row, 18 * k]                    # d, dmin, scales: loaded before the quants
     h1 = q[row, 18 * k + 1]
-    d = h2f(int32(h0 & 0xFFFF))
-    dmin = h2f(int32((h0 >> 16) & 0xFFFF))
     x1 = 8 * k + 2 * c                      # x blocks of the two sub-blocks
     t1 = int32(0)
     t2 = int32(0)
@@ -232,10 +238,7 @@ def unit_q4_k(q, s, row, u, xq, xd, xs, b):
         t1 = dp4a(hi32(w) & NIB, hi32(v1), t1)
         t2 = dp4a((lo32(w) >> 4) & NIB, lo32(v2), t2)
         t2 = dp4a((hi32(w) >> 4) & NIB, hi32(v2), t2)
-    sc1, m1 = gemv.sc_min(h0, h1, 2 * c)
-    sc2, m2 = gemv.sc_min(h0, h1, 2 * c + 1)
-    return (d * float32(sc1) * xd[b, x1] * float32(t1) - dmin * float32(m1) * xs[b, x1]
-            + d * float32(sc2) * xd[b, x1 + 1] * float32(t2) - dmin * float32(m2) * xs[b, x1 + 1])
+    return k_pair(h0, h1, c, x1, t1, t2, xd, xs, b)
 
 
 @cuda.jit(device=True)
@@ -244,10 +247,8 @@ def unit_q5_k(q, s, row, u, xq, xd, xs, b):
     with a fifth bit from qh: bit 2c of qh byte l for sub-block 2c's element l, bit 2c + 1 for 2c + 1."""
     k = u >> 2
     c = u & 3
-    h0 = q[row, 22 * k]
+    h0 = q[row, 22 * k]                    # d, dmin, scales: loaded before the quants
     h1 = q[row, 22 * k + 1]
-    d = h2f(int32(h0 & 0xFFFF))
-    dmin = h2f(int32((h0 >> 16) & 0xFFFF))
     x1 = 8 * k + 2 * c
     t1 = int32(0)
     t2 = int32(0)
@@ -260,10 +261,7 @@ def unit_q5_k(q, s, row, u, xq, xd, xs, b):
         t1 = dp4a((hi32(w) & NIB) | (((hi32(hw) >> (2 * c)) & ONES) << 4), hi32(v1), t1)
         t2 = dp4a(((lo32(w) >> 4) & NIB) | (((lo32(hw) >> (2 * c + 1)) & ONES) << 4), lo32(v2), t2)
         t2 = dp4a(((hi32(w) >> 4) & NIB) | (((hi32(hw) >> (2 * c + 1)) & ONES) << 4), hi32(v2), t2)
-    sc1, m1 = gemv.sc_min(h0, h1, 2 * c)
-    sc2, m2 = gemv.sc_min(h0, h1, 2 * c + 1)
-    return (d * float32(sc1) * xd[b, x1] * float32(t1) - dmin * float32(m1) * xs[b, x1]
-            + d * float32(sc2) * xd[b, x1 + 1] * float32(t2) - dmin * float32(m2) * xs[b, x1 + 1])
+    return k_pair(h0, h1, c, x1, t1, t2, xd, xs, b)
 
 
 @cuda.jit(device=True)
