@@ -6,22 +6,33 @@ int8 blocks with a float scale each). Each 32-column block is one `mma.sync.m16n
 accumulators by the weight row's and the token's block scales: the same sums as gemvq (whose
 dp4a dot products this replaces for more than gemv.MAX_B tokens), in another order.
 
-Block: 4 warps, 64 weight rows x 32 tokens; warp w takes rows 16w..16w+15 and all 32 tokens
-(four 16 x 8 tiles). Fragments are loaded straight from the packed words (a lane's four A
-bytes are one half of a 64-bit word); no shared-memory staging yet. Off by default
-(LLCUDA_MMA=1 routes the engine's > gemv.MAX_B-token matvecs here) until measured on a GPU.
+Block: NW warps (8 on a GPU), 32 tokens (four 16 x 8 tiles per warp). The warps split the block's
+work KS ways along K and NW / KS ways along rows (16 rows each): few rows or tokens (batched
+decode: a 2048-row matrix and 32 tokens) take KS = NW, so that a matrix still spreads over every
+SM and each warp's chain of dependent loads is NW times shorter; prefill takes KS = 1. Each warp
+does two 32-column blocks per pass (both blocks' loads in flight together). The K groups' partial
+tiles meet in shared memory, summed in a fixed order (deterministic), and the epilogue is gemv's
+forms: bias, residual accumulate, split QKV outputs, SwiGLU over interleaved gate/up rows.
+Fragments are loaded straight from the packed words (a lane's four A bytes are one half of a
+64-bit word); no shared-memory staging of A or B yet.
 """
 
 from numba import cuda, float32, int32
 
 from . import gemv
+from ._common import SIM
 from .intrin import h2f, mma_s8
 
 KINDS = ("Q8_0", "Q4_0")
-BM = 64           # weight rows per block (4 warps x 16)
-BN = 32           # tokens per block (4 tiles of 8)
+NW = 4 if SIM else 8                # warps per block
+TPB = 32 * NW
+BN = 32                             # tokens per block (4 tiles of 8)
+CROWS = 16 * NW                     # rows of the shared partial-tile array: KS groups x (16 * NW / KS) rows
+BNP = BN + 1                        # its columns (one of padding: no bank conflicts)
+SPLITS = tuple(k for k in (1, 2, 4, 8) if k <= NW)
 LO = 0xFFFFFFFF
 NIB = 0x0F0F0F0F
+FILL = 2 * 132                      # blocks that fill an H100 / H200 twice over (132 SMs)
 
 
 @cuda.jit(device=True)
@@ -53,63 +64,109 @@ def frag_q4_0(q, row, kb, t):
 FRAGS = {"Q8_0": frag_q8_0, "Q4_0": frag_q4_0}
 
 
-def _make_kernel(kind):
+def _make_kernel(kind, KS, EPI, ACT):
     frag = FRAGS[kind]
+    RW = NW // KS                   # row groups (16 rows each) per block
+    BM = 16 * RW
 
-    @cuda.jit
-    def gemmq_kernel(q, s, xq, xd, y, bias, has_bias, accumulate, nblocks, rows):
-        tx = cuda.threadIdx.x
-        lane = tx % 32
-        wp = tx // 32
-        g = lane // 4
-        t = lane % 4
-        T = xq.shape[0]
-        ra = cuda.blockIdx.x * BM + 16 * wp + g          # this lane's two weight rows: ra, ra + 8
-        rb = ra + 8
-        n0 = cuda.blockIdx.y * BN
-        sh = cuda.shared.array((128, 6), int32)          # the simulator's MMA exchange (unused on a GPU)
-        acc = cuda.local.array(16, float32)              # tile j: C[ra, 2t], C[ra, 2t+1], C[rb, 2t], C[rb, 2t+1]
-        for i in range(16):
-            acc[i] = float32(0.0)
-        for kb in range(nblocks):
-            a0 = int32(0)
-            a2 = int32(0)
-            a1 = int32(0)
-            a3 = int32(0)
-            da = float32(0.0)
-            db = float32(0.0)
+    @cuda.jit(device=True)
+    def load_a(q, s, ra, rb, kb, t, rows, nblocks):
+        """Row ra's and rb's fragments and scales of block kb (zeros past the matrix)."""
+        a0 = int32(0)
+        a1 = int32(0)
+        a2 = int32(0)
+        a3 = int32(0)
+        da = float32(0.0)
+        db = float32(0.0)
+        if kb < nblocks:
             if ra < rows:
                 a0, a2 = frag(q, ra, kb, t)
                 da = h2f(int32(s[ra, kb]))
             if rb < rows:
                 a1, a3 = frag(q, rb, kb, t)
                 db = h2f(int32(s[rb, kb]))
-            for j in range(4):
-                n = n0 + 8 * j + g                       # the token whose x this lane brings (B column g)
-                b0 = int32(0)
-                b1 = int32(0)
-                if n < T:
-                    b0 = half32(xq[n, 4 * kb + t // 2], t % 2)
-                    b1 = half32(xq[n, 4 * kb + 2 + t // 2], t % 2)
-                c = mma_s8(sh, tx, a0, a1, a2, a3, b0, b1)
-                m = n0 + 8 * j + 2 * t                   # the tokens of this lane's C values: m, m + 1
-                x0 = xd[m, kb] if m < T else float32(0.0)
-                x1 = xd[m + 1, kb] if m + 1 < T else float32(0.0)
-                acc[4 * j] += da * x0 * float32(c[0])
-                acc[4 * j + 1] += da * x1 * float32(c[1])
-                acc[4 * j + 2] += db * x0 * float32(c[2])
-                acc[4 * j + 3] += db * x1 * float32(c[3])
+        return a0, a1, a2, a3, da, db
+
+    @cuda.jit(device=True)
+    def tile(sh, tx, acc, a, xq, xd, kb, n0, g, t, T, nblocks):
+        """The four 16 x 8 tiles of block kb, added to acc (every lane calls: mma_s8 is warp-wide)."""
+        a0, a1, a2, a3, da, db = a
+        live = kb < nblocks
         for j in range(4):
+            n = n0 + 8 * j + g                       # the token whose x this lane brings (B column g)
+            b0 = int32(0)
+            b1 = int32(0)
+            if live and n < T:
+                b0 = half32(xq[n, 4 * kb + t // 2], t % 2)
+                b1 = half32(xq[n, 4 * kb + 2 + t // 2], t % 2)
+            c = mma_s8(sh, tx, a0, a1, a2, a3, b0, b1)
+            m = n0 + 8 * j + 2 * t                   # the tokens of this lane's C values: m, m + 1
+            x0 = xd[m, kb] if live and m < T else float32(0.0)
+            x1 = xd[m + 1, kb] if live and m + 1 < T else float32(0.0)
+            acc[4 * j] += da * x0 * float32(c[0])
+            acc[4 * j + 1] += da * x1 * float32(c[1])
+            acc[4 * j + 2] += db * x0 * float32(c[2])
+            acc[4 * j + 3] += db * x1 * float32(c[3])
+
+    @cuda.jit
+    def gemmq_kernel(q, s, xq, xd, y, y2, y3, bias, has_bias, accumulate, nblocks, rows, n1, n2):
+        tx = cuda.threadIdx.x
+        lane = tx % 32
+        wp = tx // 32
+        rg = wp % RW                                 # this warp's 16 rows of the block ...
+        kg = wp // RW                                # ... and its share of K: blocks kg, kg + KS, ...
+        g = lane // 4
+        t = lane % 4
+        T = xq.shape[0]
+        r0 = cuda.blockIdx.x * BM
+        ra = r0 + 16 * rg + g                        # this lane's two weight rows: ra, ra + 8
+        rb = ra + 8
+        n0 = cuda.blockIdx.y * BN
+        sh = cuda.shared.array((TPB, 6), int32)      # the simulator's MMA exchange (unused on a GPU)
+        part = cuda.shared.array((CROWS, BNP), float32)
+        acc = cuda.local.array(16, float32)          # tile j: C[ra, 2t], C[ra, 2t+1], C[rb, 2t], C[rb, 2t+1]
+        for i in range(16):
+            acc[i] = float32(0.0)
+        per = (nblocks + KS - 1) // KS               # passes of every warp (the same count: mma_s8 is
+        for i in range(0, per, 2):                   # warp-wide and the simulator's is block-wide)
+            kb = kg + KS * i
+            a = load_a(q, s, ra, rb, kb, t, rows, nblocks)
+            b = load_a(q, s, ra, rb, kb + KS, t, rows, nblocks)
+            tile(sh, tx, acc, a, xq, xd, kb, n0, g, t, T, nblocks)
+            tile(sh, tx, acc, b, xq, xd, kb + KS, n0, g, t, T, nblocks)
+        for j in range(4):                           # partial tiles -> shared: K group kg's rows
             for i in range(4):
-                r = ra if i < 2 else rb
-                m = n0 + 8 * j + 2 * t + i % 2
-                if r < rows and m < T:
-                    v = acc[4 * j + i]
-                    if has_bias:
-                        v += bias[0, r]
+                part[kg * BM + 16 * rg + g + 8 * (i // 2), 8 * j + 2 * t + i % 2] = acc[4 * j + i]
+        cuda.syncthreads()
+        for o in range(tx, BM * BN, TPB):            # outputs, consecutive threads on consecutive rows
+            r = o % BM
+            m = o // BM
+            row = r0 + r
+            tok = n0 + m
+            if row < rows and tok < T:
+                v = float32(0.0)
+                for k in range(KS):                  # K groups in a fixed order: deterministic
+                    v += part[k * BM + r, m]
+                if has_bias:
+                    v += bias[0, row]
+                if EPI == gemv.SWIGLU:
+                    if r % 2 == 0:                   # rows 2i (gate) and 2i + 1 (up) are both in the block
+                        u = float32(0.0)
+                        for k in range(KS):
+                            u += part[k * BM + r + 1, m]
+                        v = gemv.act(v, ACT) * u
+                        if accumulate:
+                            v += y[tok, row // 2]
+                        y[tok, row // 2] = v
+                elif EPI == gemv.SPLIT and row >= n1:
+                    if row < n1 + n2:
+                        y2[tok, row - n1] = v
+                    else:
+                        y3[tok, row - n1 - n2] = v
+                else:
                     if accumulate:
-                        v += y[m, r]
-                    y[m, r] = v
+                        v += y[tok, row]
+                    y[tok, row] = v
 
     return gemmq_kernel
 
@@ -117,26 +174,46 @@ def _make_kernel(kind):
 _KERNELS = {}
 
 
-def _kernel(kind):
-    if kind not in _KERNELS:
-        _KERNELS[kind] = _make_kernel(kind)
-    return _KERNELS[kind]
+def _kernel(kind, ks=NW, epi=gemv.PLAIN, act_code=gemv.SILU):
+    key = kind, ks, epi, act_code
+    if key not in _KERNELS:
+        _KERNELS[key] = _make_kernel(*key)
+    return _KERNELS[key]
 
 
 def supports(p):
     return p is not None and p.kind in KINDS
 
 
-def gemmq_cuda(p, s, y, bias=None, accumulate=False, stream=0):
-    """y (T, rows) [+]= (x quantised in s: a gemvq.Scratch of (T, cols)) @ W.T (+ bias); p: Packed Q8_0 / Q4_0."""
+def k_splits(rows, T, nblocks):
+    """The fewest K groups (SPLITS) whose grid fills the GPU, keeping two or more blocks per warp."""
+    tiles = (T + BN - 1) // BN
+    fits = [ks for ks in SPLITS if 2 * ks <= nblocks] or [1]
+    for ks in fits:
+        if (rows + 16 * (NW // ks) - 1) // (16 * (NW // ks)) * tiles >= FILL:
+            return ks
+    return fits[-1]
+
+
+def gemmq_cuda(p, s, ys, bias=None, swiglu=None, accumulate=False, stream=0, ks=None):
+    """ys [+]= (x quantised in s: a gemvq.Scratch of (T, cols)) @ W.T (+ bias), with gemv_fused_cuda's
+    output forms (ys: y, [y] or [q, k, v]; swiglu: "silu" / "gelu" on interleaved gate/up rows);
+    p: Packed Q8_0 / Q4_0. ks: K groups per block (default: k_splits)."""
     if not supports(p):
         raise ValueError(f"gemmq: {p.kind if p is not None else None} weights are not {' / '.join(KINDS)}")
-    y2 = gemv._as_2d(y)
-    if s.cols != p.cols or y2.shape != (s.B, p.rows):
-        raise ValueError(f"gemmq: x ({s.B}, {s.cols}) / y {tuple(y2.shape)} do not fit the {p.kind} weight "
-                         f"{p.rows}x{p.cols}")
-    b = y2 if bias is None else bias.reshape(1, p.rows)
-    grid = ((p.rows + BM - 1) // BM, (s.B + BN - 1) // BN)
-    _kernel(p.kind)[grid, 128, stream](p.q, p.s, s.xq, s.xd, y2, b, bias is not None, bool(accumulate),
-                                       p.cols // 32, p.rows)
-
+    ys = [gemv._as_2d(y) for y in (ys if isinstance(ys, (list, tuple)) else [ys])]
+    if s.cols != p.cols or any(y.shape[0] != s.B for y in ys):
+        raise ValueError(f"gemmq: x ({s.B}, {s.cols}) / y {[tuple(y.shape) for y in ys]} do not fit the "
+                         f"{p.kind} weight {p.rows}x{p.cols}")
+    epi, code = gemv.epilogue_of(p, ys, bias, swiglu, accumulate)
+    nblocks = p.cols // 32
+    ks = k_splits(p.rows, s.B, nblocks) if ks is None else ks
+    if ks not in SPLITS:
+        raise ValueError(f"gemmq: ks must be one of {SPLITS}, got {ks}")
+    y1, y2, y3 = (ys * 3)[:3] if len(ys) == 1 else ys
+    b = y1 if bias is None else bias.reshape(1, p.rows)
+    bm = 16 * (NW // ks)
+    grid = ((p.rows + bm - 1) // bm, (s.B + BN - 1) // BN)
+    _kernel(p.kind, ks, epi, code)[grid, TPB, stream](
+        p.q, p.s, s.xq, s.xd, y1, y2, y3, b, bias is not None, bool(accumulate), nblocks, p.rows,
+        ys[0].shape[1], ys[1].shape[1] if len(ys) == 3 else 0)

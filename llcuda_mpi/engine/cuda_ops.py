@@ -147,9 +147,12 @@ class CudaOps(_Ops):
     def _fused(self, lw, name, T):
         """The fused gemv weight `name` of layer lw for a T-token step, or None (use the parts)."""
         hit = self.fused.get(id(lw))
-        if self.legacy or T > gemv.MAX_B or hit is None or hit[0] is not lw:
+        if self.legacy or hit is None or hit[0] is not lw:
             return None
-        return hit[1].get(name)
+        p = hit[1].get(name)
+        if T > gemv.MAX_B and not (self.mma and gemmq.supports(p)):
+            return None                                # more rows: the parts through the gemm
+        return p
 
     def attn_in(self, lw, x, xb, q2, k2, v2, eps):
         T = x.shape[0]
@@ -157,6 +160,9 @@ class CudaOps(_Ops):
         if p is None:
             return super().attn_in(lw, x, xb, q2, k2, v2, eps)
         bias = self.fused[id(lw)][1].get("qkv_bias")
+        if T > gemv.MAX_B:
+            self._mma(p, x, lw.attn_norm, eps, [q2, k2, v2], bias=bias)
+            return
         if self._gemvq(p, x, lw.attn_norm, eps, [q2, k2, v2], bias=bias):
             return
         if not (self.fuse_norm and gemv.norm_fits(T, p.cols)):
@@ -173,6 +179,9 @@ class CudaOps(_Ops):
         if p is None:
             return super().ffn_in(lw, x, xb, gate, up, hb, eps, gelu)
         act = "gelu" if gelu else "silu"
+        if T > gemv.MAX_B:
+            self._mma(p, x, lw.ffn_norm, eps, [hb], swiglu=act)
+            return
         if self._gemvq(p, x, lw.ffn_norm, eps, [hb], swiglu=act):
             return
         if not (self.fuse_norm and gemv.norm_fits(T, p.cols)):
@@ -242,6 +251,11 @@ class CudaOps(_Ops):
         p = self._packed(w)
         if not gemmq.supports(p):
             return False
+        self._mma(p, x, None, 0.0, [out], bias=bias, accumulate=accumulate)
+        return True
+
+    def _mma(self, p, x, norm, eps, ys, bias=None, swiglu=None, accumulate=False):
+        """x [RMSNorm-ed] quantised to int8, then gemmq into ys (its output forms: [y], [q, k, v], SwiGLU)."""
         T = x.shape[0]
         s = self.scratch.get(("mma", p.cols))
         if s is None or s.B < T:                       # one scratch per width, grown to the largest T;
@@ -250,9 +264,8 @@ class CudaOps(_Ops):
             s = self.scratch["mma", p.cols] = gemvq.scratch(T, p.cols, self.zeros)
         v = gemvq.Scratch(s.xq[:T], s.xd[:T], s.xs[:T], T, p.cols)
         self.launches += 2
-        gemvq.quantize_x_cuda(x, v, **self.kw)
-        gemmq.gemmq_cuda(p, v, out, bias=bias, accumulate=accumulate, **self.kw)
-        return True
+        gemvq.quantize_x_cuda(x, v, norm=norm, eps=eps, **self.kw)
+        gemmq.gemmq_cuda(p, v, ys, bias=bias, swiglu=swiglu, accumulate=accumulate, **self.kw)
 
     def matvec(self, w, x, out, bias=None, accumulate=False):
         """T <= gemv.MAX_B rows: gemvq (int8 x; the float gemv with LLCUDA_INT8_X=0 or for F16 / BF16 /

@@ -90,11 +90,11 @@ def test_linked_mma_s8_is_a_matrix_product():
 
 
 @pytest.mark.parametrize("name", ["Q8_0", "Q4_0"])
-@pytest.mark.parametrize("T", [9, 32, 100])
-def test_gemmq_matches_reference(name, T):
+@pytest.mark.parametrize("T,ks", [(9, None), (32, 1), (32, 2), (32, 4), (32, 8), (100, None)])
+def test_gemmq_matches_reference(name, T, ks):
     from llcuda_mpi.kernels import gemmq
     rng = np.random.default_rng(T)
-    rows, cols = 300, 2048                  # ragged row blocks (300 = 4 x 64 + 44) and token blocks
+    rows, cols = 300, 2048                  # ragged row blocks and token blocks
     raw = random_raw(name, rows, cols, rng)
     p = gemv.to_device(gemv.pack(raw, name), cuda.to_device)
     x = rng.standard_normal((T, cols)).astype(np.float32)
@@ -102,6 +102,28 @@ def test_gemmq_matches_reference(name, T):
     gemvq.quantize_x_cuda(cuda.to_device(x), s)
     bias = rng.standard_normal(rows).astype(np.float32)
     y = cuda.to_device(np.ones((T, rows), np.float32))
-    gemmq.gemmq_cuda(p, s, y, bias=cuda.to_device(bias), accumulate=True)
+    gemmq.gemmq_cuda(p, s, y, bias=cuda.to_device(bias), accumulate=True, ks=ks)
     want = matvec_ref(raw, name, gemvq.dequantized_x(s)) + bias + 1.0
     np.testing.assert_allclose(y.copy_to_host(), want, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("T", [32, 512])
+def test_gemmq_fused_forms(T):
+    # QKV's three outputs with a bias, gate/up's SwiGLU, at the grid shapes of batched decode and prefill
+    from llcuda_mpi.kernels import gemmq
+    rng = np.random.default_rng(7)
+    cols = 1024
+    raw = random_raw("Q8_0", 320, cols, rng)
+    p = gemv.to_device(gemv.pack(raw, "Q8_0"), cuda.to_device)
+    s = gemvq.scratch(T, cols, cuda.device_array)
+    gemvq.quantize_x_cuda(cuda.to_device(rng.standard_normal((T, cols)).astype(np.float32)), s)
+    full = matvec_ref(raw, "Q8_0", gemvq.dequantized_x(s))
+    bias = rng.standard_normal(320).astype(np.float32)
+    ys = [cuda.device_array((T, n), np.float32) for n in (256, 32, 32)]
+    gemmq.gemmq_cuda(p, s, ys, bias=cuda.to_device(bias))
+    got = np.concatenate([y.copy_to_host() for y in ys], axis=1)
+    np.testing.assert_allclose(got, full + bias, atol=1e-3, rtol=1e-4)
+    h = cuda.device_array((T, 160), np.float32)
+    gemmq.gemmq_cuda(p, s, [h], swiglu="silu")
+    g, u = full[:, 0::2], full[:, 1::2]
+    np.testing.assert_allclose(h.copy_to_host(), g / (1 + np.exp(-g)) * u, atol=1e-3, rtol=1e-4)

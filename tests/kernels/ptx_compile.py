@@ -88,9 +88,10 @@ def gemmq_cases():
         fmt = qb.format_of(kind)
         p = gemv.pack(rng.integers(0, 255, (rows, qb.row_bytes(fmt.qtype, cols)), dtype=np.uint8), fmt.qtype)
         y = np.zeros((T, rows), np.float32)
-        yield (f"gemmq {kind}", gemmq._kernel(kind).py_func,
-               _typed(p.q, p.s, np.zeros((T, cols // 8), np.int64), np.zeros((T, cols // 32), np.float32),
-                      y, y, True, False, cols // 32, rows))
+        for ks, epi in ((1, gemv.PLAIN), (gemmq.NW, gemv.SPLIT), (gemmq.NW // 2, gemv.SWIGLU)):
+            yield (f"gemmq {kind} ks={ks} epi={epi}", gemmq._kernel(kind, ks, epi, gemv.SILU).py_func,
+                   _typed(p.q, p.s, np.zeros((T, cols // 8), np.int64), np.zeros((T, cols // 32), np.float32),
+                          y, y, y, y, True, False, cols // 32, rows, rows, 0))
     yield ("mma_s8 check", intrin._mma_check_kernel.py_func,
            _typed(np.zeros((32, 4), np.int32), np.zeros((32, 2), np.int32), np.zeros((32, 4), np.int32)))
 
