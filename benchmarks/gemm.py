@@ -2,9 +2,10 @@
 vs the int8 tensor-core gemmq (kernels/gemmq.py, x quantised first), each launch captured REPS times
 in one CUDA graph (benchmarks/gemv.py's timer).
 
-    python benchmarks/gemm.py [--types Q8_0,Q4_0] [--tokens 32,512] [--reps 20]
+    python benchmarks/gemm.py [--types Q8_0,Q4_0] [--tokens 32,512] [--reps 20] [--splits]
 
-us per launch and TFLOP/s (2 * T * rows * cols / time); gemmq's time includes its quantize_x launch.
+us per launch and TFLOP/s (2 * T * rows * cols / time); gemmq's time includes its quantize_x launch
+(ks: the K split gemmq.k_splits chose). --splits: gemmq's time at every K split too (us).
 """
 
 import argparse
@@ -22,10 +23,12 @@ def main():
     ap.add_argument("--types", default="Q8_0,Q4_0")
     ap.add_argument("--tokens", default="32,512")
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--splits", action="store_true", help="also time gemmq at every K split")
     a = ap.parse_args()
     config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
     rng = np.random.default_rng(0)
-    print(f"{'type':6} {'matrix':9} {'shape':>11} {'T':>4} {'gemm us':>9} {'TF/s':>6} {'gemmq us':>9} {'TF/s':>6}")
+    head = f"{'type':6} {'matrix':9} {'shape':>11} {'T':>4} {'gemm us':>9} {'TF/s':>6} {'gemmq us':>9} {'TF/s':>6}"
+    print(head + f" {'ks':>3}" + "".join(f" {'ks=' + str(k):>7}" for k in gemmq.SPLITS if a.splits))
     for name in a.types.split(","):
         for label, rows, cols, _ in SHAPES:
             raw = random_raw(name, rows, cols, rng)
@@ -40,11 +43,13 @@ def main():
                 if gemmq.supports(p):
                     s = gemvq.scratch(T, cols, cuda.device_array)
 
-                    def both(st):
+                    def both(st, ks=None):
                         gemvq.quantize_x_cuda(x, s, stream=st)
-                        gemmq.gemmq_cuda(p, s, y, stream=st)
+                        gemmq.gemmq_cuda(p, s, y, stream=st, ks=ks)
                     t_q = graph_time(both, a.reps)
-                    line += f" {t_q * 1e6:9.1f} {flop / t_q / 1e12:6.1f}"
+                    line += f" {t_q * 1e6:9.1f} {flop / t_q / 1e12:6.1f} {gemmq.k_splits(rows, T, cols // 32):3}"
+                    for ks in gemmq.SPLITS if a.splits else ():
+                        line += f" {graph_time(lambda st: both(st, ks), a.reps) * 1e6:7.1f}"
                 print(line, flush=True)
 
 

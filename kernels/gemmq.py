@@ -9,8 +9,9 @@ dp4a dot products this replaces for more than gemv.MAX_B tokens), in another ord
 Block: NW warps (8 on a GPU), 32 tokens (four 16 x 8 tiles per warp). The warps split the block's
 work KS ways along K and NW / KS ways along rows (16 rows each): few rows or tokens (batched
 decode: a 2048-row matrix and 32 tokens) take KS = NW, so that a matrix still spreads over every
-SM and each warp's chain of dependent loads is NW times shorter; prefill takes KS = 1. Each warp
-does two 32-column blocks per pass (both blocks' loads in flight together). The K groups' partial
+SM and each warp's chain of dependent loads is NW times shorter; there each warp does two
+32-column blocks per pass (both blocks' loads in flight together). Prefill takes KS = 1, one
+block per pass (fewer registers: more resident warps hide the latency instead). The K groups' partial
 tiles meet in shared memory, summed in a fixed order (deterministic), and the epilogue is gemv's
 forms: bias, residual accumulate, split QKV outputs, SwiGLU over interleaved gate/up rows.
 Fragments are loaded straight from the packed words (a lane's four A bytes are one half of a
@@ -128,12 +129,17 @@ def _make_kernel(kind, KS, EPI, ACT):
         for i in range(16):
             acc[i] = float32(0.0)
         per = (nblocks + KS - 1) // KS               # passes of every warp (the same count: mma_s8 is
-        for i in range(0, per, 2):                   # warp-wide and the simulator's is block-wide)
-            kb = kg + KS * i
-            a = load_a(q, s, ra, rb, kb, t, rows, nblocks)
-            b = load_a(q, s, ra, rb, kb + KS, t, rows, nblocks)
-            tile(sh, tx, acc, a, xq, xd, kb, n0, g, t, T, nblocks)
-            tile(sh, tx, acc, b, xq, xd, kb + KS, n0, g, t, T, nblocks)
+        if KS > 1:                                   # warp-wide and the simulator's is block-wide)
+            for i in range(0, per, 2):               # split K (few warps in all): two blocks' loads in flight
+                kb = kg + KS * i
+                a = load_a(q, s, ra, rb, kb, t, rows, nblocks)
+                b = load_a(q, s, ra, rb, kb + KS, t, rows, nblocks)
+                tile(sh, tx, acc, a, xq, xd, kb, n0, g, t, T, nblocks)
+                tile(sh, tx, acc, b, xq, xd, kb + KS, n0, g, t, T, nblocks)
+        else:                                        # whole K (many warps): fewer registers, more warps
+            for kb in range(nblocks):
+                a = load_a(q, s, ra, rb, kb, t, rows, nblocks)
+                tile(sh, tx, acc, a, xq, xd, kb, n0, g, t, T, nblocks)
         for j in range(4):                           # partial tiles -> shared: K group kg's rows
             for i in range(4):
                 part[kg * BM + 16 * rg + g + 8 * (i // 2), 8 * j + 2 * t + i % 2] = acc[4 * j + i]

@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from llcuda_mpi.engine.ops import DoesNotFit, _Ops
-from llcuda_mpi.kernels import attention, fused, gemm, gemmq, gemv, gemvq, matvec, sampling
+from llcuda_mpi.kernels import attention, attention_tiled, fused, gemm, gemmq, gemv, gemvq, matvec, sampling
 
 
 class StepIO:
@@ -94,6 +94,11 @@ class CudaOps(_Ops):
         # LLCUDA_MMA=1: more than gemv.MAX_B rows of Q8_0 / Q4_0 (prefill, batched decode) through the
         # int8 tensor cores (kernels/gemmq.py) instead of the FP32 tiled gemm. Off until measured on a GPU.
         self.mma = os.environ.get("LLCUDA_MMA", "0") == "1"
+        # steps of more than gemv.MAX_B tokens that are not a decode batch (a prompt, or a prompt chunk
+        # mixed with decode tokens) take the tiled attention (kernels/attention_tiled.py): keys and
+        # values read once per block of query rows. LLCUDA_TILED_ATTN=0: the per-token kernel.
+        self.tiled_attn = os.environ.get("LLCUDA_TILED_ATTN", "1") != "0"
+        self.decode_step = False                       # set by step(): T == B (one token per sequence)
         self.scratch = {}                              # (B, cols) -> gemvq.Scratch (x quantised)
         self.retired = []                              # scratches outgrown (kept alive for captured graphs)
 
@@ -195,6 +200,16 @@ class CudaOps(_Ops):
     def rope_kv_store(self, q, k, v, k_cache, v_cache, slot, pos, base, neox, freq_factors):
         self.launches += 1
         fused.rope_kv_store_cuda(q, k, v, k_cache, v_cache, slot, pos, base, neox, freq_factors, **self.kw)
+
+    def attention(self, q, k_cache, v_cache, slot, pos, out, scale, window):
+        T, H, D = q.shape
+        if self.tiled_attn and T > gemv.MAX_B and not self.decode_step and \
+                attention_tiled.supports(H, k_cache.shape[2], D):
+            self.launches += 1
+            attention_tiled.attention_tiled_cuda(q, k_cache, v_cache, slot, pos, scale, out, window=window,
+                                                 **self.kw)
+            return
+        super().attention(q, k_cache, v_cache, slot, pos, out, scale, window)
 
     def attend_project(self, q, k_cache, v_cache, slot, pos, att, scale, window, w, att2, out, accumulate):
         """The attention kernel writes its output int8-quantised too, so gemvq follows with no quantize launch."""
@@ -354,6 +369,7 @@ class CudaOps(_Ops):
         sp["counter"][rows] += 1
         io.upload()
         key = (T, B)
+        self.decode_step = T == B
         decode_only = T == B and self.graphs_enabled
         if decode_only and key in self.graphs:
             graph, stream = self.graphs[key]
