@@ -33,7 +33,7 @@ BNP = BN + 1                        # its columns (one of padding: no bank confl
 SPLITS = tuple(k for k in (1, 2, 4, 8) if k <= NW)
 LO = 0xFFFFFFFF
 NIB = 0x0F0F0F0F
-FILL = 2 * 132                      # blocks that fill an H100 / H200 twice over (132 SMs)
+FILL = 128                          # whole-K blocks that keep an H100 / H200 (132 SMs) busy
 
 
 @cuda.jit(device=True)
@@ -192,12 +192,14 @@ def supports(p):
 
 
 def k_splits(rows, T, nblocks):
-    """The fewest K groups (SPLITS) whose grid fills the GPU, keeping two or more blocks per warp."""
+    """K groups per block: 1 (whole K per warp) when that grid fills the GPU, else the most that leave
+    every warp two or more 32-column blocks. On an H200 (benchmarks/gemm.py --splits, round 7) the
+    split grids were 2-3x faster for 2048-5632-row matrices at 32-128 tokens, and 1.8-2x slower
+    than whole K wherever whole K had >= ~250 blocks (a 512-token prompt, the output matrix)."""
     tiles = (T + BN - 1) // BN
+    if (rows + 16 * NW - 1) // (16 * NW) * tiles >= FILL:
+        return 1
     fits = [ks for ks in SPLITS if 2 * ks <= nblocks] or [1]
-    for ks in fits:
-        if (rows + 16 * (NW // ks) - 1) // (16 * (NW // ks)) * tiles >= FILL:
-            return ks
     return fits[-1]
 
 

@@ -91,9 +91,11 @@ class CudaOps(_Ops):
         # (kernels/gemvq.py, as llama.cpp's mmvq does): 1.2-1.7x faster decode at B = 1 on an H200
         # (docs/performance.md, issue 7 round 3). LLCUDA_INT8_X=0: the float gemv (x kept in float32).
         self.int8_x = os.environ.get("LLCUDA_INT8_X", "1") != "0"
-        # LLCUDA_MMA=1: more than gemv.MAX_B rows of Q8_0 / Q4_0 (prefill, batched decode) through the
-        # int8 tensor cores (kernels/gemmq.py) instead of the FP32 tiled gemm. Off until measured on a GPU.
-        self.mma = os.environ.get("LLCUDA_MMA", "0") == "1"
+        # More than gemv.MAX_B rows of Q8_0 / Q4_0 (prefill, batched decode) through the int8 tensor
+        # cores (kernels/gemmq.py; x quantised as for gemvq) instead of the FP32 tiled gemm: batch-32
+        # decode 1.7x, with the tiled attention prefill 2.4x on an H200 (docs/performance.md, round 7).
+        # LLCUDA_MMA=0 (or LLCUDA_INT8_X=0, x kept in float32): the FP32 gemm.
+        self.mma = self.int8_x and os.environ.get("LLCUDA_MMA", "1") != "0"
         # steps of more than gemv.MAX_B tokens that are not a decode batch (a prompt, or a prompt chunk
         # mixed with decode tokens) take the tiled attention (kernels/attention_tiled.py): keys and
         # values read once per block of query rows. LLCUDA_TILED_ATTN=0: the per-token kernel.

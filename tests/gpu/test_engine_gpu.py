@@ -29,7 +29,10 @@ def model(tmp_path_factory):
 
 
 @pytest.mark.parametrize("arch,quant", CASES)
-def test_prompt_logits_match_cpu(model, arch, quant):
+def test_prompt_logits_match_cpu(model, arch, quant, monkeypatch):
+    # the float route (x not quantised: the FP32 gemm for the 14-token prompt, the tiled attention),
+    # whose sums the CPU ops reproduce; the int8 routes are tested within a tolerance below
+    monkeypatch.setenv("LLCUDA_INT8_X", "0")
     m = model(arch, quant)
     tokens = [t % m.config.n_vocab for t in PROMPT]
     got = prompt_logits(m, CudaOps(), tokens)
@@ -80,8 +83,9 @@ def test_int8_x_decode_path(model, quant, monkeypatch):
 
 @pytest.mark.parametrize("quant", ["Q8_0", "Q4_0"])
 def test_mma_prefill_route(model, quant, monkeypatch):
-    # LLCUDA_MMA=1: the 14-token prompt (more than gemv.MAX_B rows) through the int8 tensor cores
+    # the default: the 14-token prompt (more than gemv.MAX_B rows) through the int8 tensor cores
     monkeypatch.setenv("LLCUDA_MMA", "1")
+    monkeypatch.setenv("LLCUDA_INT8_X", "1")
     m = model("llama", quant)
     tokens = [t % m.config.n_vocab for t in PROMPT]
     ops = CudaOps()

@@ -51,9 +51,11 @@ def test_gemmq_split_and_swiglu_outputs(rng, close):
 
 
 def test_k_splits_fill_the_gpu():
-    # prefill-sized grids keep whole-K warps; batched decode of a narrow matrix splits K, but
-    # leaves every warp at least two 32-column blocks
+    # prefill-sized grids (and the output matrix) keep whole-K warps; batched decode of a narrow
+    # matrix splits K, but leaves every warp at least two 32-column blocks
+    bm = 16 * gemmq.NW
     assert gemmq.k_splits(2048, 512, 64) == 1
+    assert gemmq.k_splits(gemmq.FILL * bm, 32, 64) == 1
     assert gemmq.k_splits(2048, 32, 64) == gemmq.NW
     assert gemmq.k_splits(256, 32, 4) == 2
     assert gemmq.k_splits(256, 32, 1) == 1
