@@ -38,7 +38,7 @@ for q in $QUANTS; do
     [ -f "$M/tinyllama-1.1b-$q.gguf" ] || { timeout 300 python3 -m llcuda_mpi make-model --preset tinyllama-1.1b \
         --quant "$q" -o "$M/tinyllama-1.1b-$q.gguf" > "$R/make-$q.txt" 2>&1 & pids+=($!); }
 done
-TESTS=${TESTS:-tests/gpu/test_gemvq_gpu.py tests/gpu/test_engine_gpu.py -k "linked or gemvq or int8"}
+TESTS=${TESTS:-tests/gpu/test_gemvq_gpu.py tests/gpu/test_engine_gpu.py -k "dp4a or h2f or mma or gemvq or int8"}
 eval "part tests-new ${TESTS_LIMIT:-200} python3 -m pytest -q -p no:cacheprovider $TESTS"
 [ -n "${GEMV-1}" ] && part gemv 90 python3 benchmarks/gemv.py --types F16,Q8_0,Q4_0,Q4_K --batches 1,4
 [ -n "${GEMM-}" ] && part gemm 120 python3 benchmarks/gemm.py --types Q8_0,Q4_0 --tokens 32,512

@@ -1,10 +1,12 @@
 """dp4a, half -> float and the int8 tensor-core MMA: one PTX instruction each, from kernels/intrin.cu.
 
 Numba has neither: its float16 support needs a float16 array to load from, and
-it has no 4-way int8 dot product. On a GPU they are CUDA C device functions
-linked into the calling kernel (LTO-inlined when nvJitLink is present); on the
-simulator they are the Python functions below, the reference they are tested
-against.
+it has no 4-way int8 dot product. On a GPU they are inline PTX (an LLVM inline-asm
+call in the kernel's own IR, so always inlined); LLCUDA_LINKED_INTRIN=1 links the
+same instructions as CUDA C device functions from intrin.cu instead (inlined only
+where numba links with nvJitLink LTO; a call with a stack-passed result where not).
+On the simulator they are the Python functions below, the reference they are
+tested against.
 
 mma_s8(sh, tx, a0, a1, a2, a3, b0, b1) -> (c0, c1, c2, c3): one warp's
 C (16 x 8, int32) = A (16 x 32, int8) . B (32 x 8, int8), the PTX m16n8k32
@@ -67,10 +69,57 @@ if config.ENABLE_CUDASIM:
              for row, col in ((g, 2 * t), (g, 2 * t + 1), (g + 8, 2 * t), (g + 8, 2 * t + 1))]
         cuda.syncthreads()                       # every lane has read sh
         return int32(c[0]), int32(c[1]), int32(c[2]), int32(c[3])
-else:
+elif os.environ.get("LLCUDA_LINKED_INTRIN", "0") == "1":
+    # the CUDA C helpers of intrin.cu, linked (inlined only where numba links with nvJitLink LTO)
     dp4a = cuda.declare_device("llc_dp4a", "int32(int32, int32, int32)", link=CU)
     h2f = cuda.declare_device("llc_h2f", "float32(int32)", link=CU)
     _mma = cuda.declare_device("llc_mma_s8", types.UniTuple(types.int32, 4)(*[types.int32] * 6), link=CU)
+
+    @cuda.jit(device=True)
+    def mma_s8(sh, tx, a0, a1, a2, a3, b0, b1):
+        return _mma(a0, a1, a2, a3, b0, b1)
+else:
+    # inline PTX (LLVM inline asm, as numba's own activemask / fp16 conversions): always inlined,
+    # whether or not numba links with nvJitLink
+    try:
+        from numba.cuda.extending import intrinsic
+    except ImportError:                          # older numba-cuda: the core decorator serves CUDA
+        from numba.extending import intrinsic
+    from llvmlite import ir
+
+    _I32 = ir.IntType(32)
+
+    def _i32_args(context, builder, sig, args):
+        return [context.cast(builder, v, t, types.int32) for v, t in zip(args, sig.args)]
+
+    @intrinsic
+    def dp4a(typingctx, a, b, c):
+        """c + the dot product of a's and b's four signed bytes (dp4a.s32.s32)."""
+        def codegen(context, builder, sig, args):
+            fn = ir.InlineAsm(ir.FunctionType(_I32, [_I32] * 3), "dp4a.s32.s32 $0, $1, $2, $3;", "=r,r,r,r")
+            return builder.call(fn, _i32_args(context, builder, sig, args))
+        return types.int32(a, b, c), codegen
+
+    @intrinsic
+    def h2f(typingctx, h):
+        """IEEE half bits (the low 16 of h) -> float32, exactly (cvt.f32.f16)."""
+        def codegen(context, builder, sig, args):
+            bits = builder.trunc(_i32_args(context, builder, sig, args)[0], ir.IntType(16))
+            fn = ir.InlineAsm(ir.FunctionType(ir.FloatType(), [ir.IntType(16)]), "cvt.f32.f16 $0, $1;", "=f,h")
+            return builder.call(fn, [bits])
+        return types.float32(h), codegen
+
+    @intrinsic
+    def _mma(typingctx, a0, a1, a2, a3, b0, b1):
+        def codegen(context, builder, sig, args):
+            out = ir.LiteralStructType([_I32] * 4)
+            fn = ir.InlineAsm(ir.FunctionType(out, [_I32] * 7),
+                              "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {$0, $1, $2, $3}, "
+                              "{$4, $5, $6, $7}, {$8, $9}, {$10, $10, $10, $10};",
+                              "=r,=r,=r,=r,r,r,r,r,r,r,r", side_effect=True)
+            c = builder.call(fn, _i32_args(context, builder, sig, args) + [ir.Constant(_I32, 0)])
+            return context.make_tuple(builder, sig.return_type, [builder.extract_value(c, i) for i in range(4)])
+        return types.UniTuple(types.int32, 4)(a0, a1, a2, a3, b0, b1), codegen
 
     @cuda.jit(device=True)
     def mma_s8(sh, tx, a0, a1, a2, a3, b0, b1):

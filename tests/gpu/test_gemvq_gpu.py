@@ -1,4 +1,5 @@
-"""kernels/intrin.cu (linked dp4a, half -> float) and kernels/gemvq.py on a real GPU vs the references.
+"""kernels/intrin.py (dp4a, half -> float, the int8 MMA: inline PTX) and kernels/gemvq.py, gemmq.py
+on a real GPU vs the references.
 
 Run through the device tool: source .device/gpu-env.sh && python3 -m pytest tests/gpu -q
 """
@@ -34,7 +35,7 @@ def _h2f_kernel(h, out):
         out[i] = h2f(h[i])
 
 
-def test_linked_dp4a_matches_reference():
+def test_dp4a_matches_reference():
     rng = np.random.default_rng(7)
     n = 4096
     a, b = (rng.integers(-2**31, 2**31, n, dtype=np.int64).astype(np.int32) for _ in range(2))
@@ -46,7 +47,7 @@ def test_linked_dp4a_matches_reference():
     assert np.array_equal(out.copy_to_host(), want)
 
 
-def test_linked_h2f_every_bit_pattern():
+def test_h2f_every_bit_pattern():
     h = np.arange(65536, dtype=np.int32)
     out = cuda.device_array(65536, np.float32)
     _h2f_kernel[256, 256](cuda.to_device(h), out)
@@ -79,7 +80,7 @@ def test_quantize_and_gemvq(name, rows, cols, B):
     assert (np.abs(got - ref) - tol).max() <= 0
 
 
-def test_linked_mma_s8_is_a_matrix_product():
+def test_mma_s8_is_a_matrix_product():
     # the PTX m16n8k32 instruction against the fragment layouts kernels/intrin.py documents
     from llcuda_mpi.kernels import intrin
     rng = np.random.default_rng(9)

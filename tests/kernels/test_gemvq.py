@@ -1,6 +1,6 @@
 """kernels/intrin.py (dp4a, half -> float references) and kernels/gemvq.py (int8-activation decode
 matvec) on the CUDA simulator; tests/gpu/test_gemvq_gpu.py runs the same checks on a GPU, where
-the helpers are the linked CUDA C of kernels/intrin.cu."""
+the helpers are inline PTX (kernels/intrin.py)."""
 
 import numpy as np
 import pytest
