@@ -1,7 +1,9 @@
-"""Batched decode and prefill matmul on the int8 tensor cores: y (T, rows) [+]= x (T, cols) @ W.T.
+"""Batched decode and prefill matmul on the tensor cores: y (T, rows) [+]= x (T, cols) @ W.T.
 
 For Q8_0 and Q4_0 weights (`gemv.Packed`) and x quantised by `gemvq.quantize_x_cuda` (32-column
-int8 blocks with a float scale each). Each 32-column block is one `mma.sync.m16n8k32` (int8 x int8
+int8 blocks with a float scale each); F16 weights take the f16 MMA (m16n8k16, float32
+accumulators) with x rounded to half as its fragments are loaded (as llama.cpp hands F16
+matmuls to cuBLAS with half activations). Each 32-column block is one `mma.sync.m16n8k32` (int8 x int8
 -> int32, kernels/intrin.py mma_s8) per 16 weight rows x 8 tokens, scaled into float
 accumulators by the weight row's and the token's block scales: the same sums as gemvq (whose
 dp4a dot products this replaces for more than gemv.MAX_B tokens), in another order.
@@ -22,9 +24,9 @@ from numba import cuda, float32, int32
 
 from . import gemv
 from ._common import SIM
-from .intrin import h2f, mma_s8
+from .intrin import f2h2, h2f, mma_f16, mma_s8
 
-KINDS = ("Q8_0", "Q4_0")
+KINDS = ("Q8_0", "Q4_0", "F16")
 NW = 4 if SIM else 8                # warps per block
 TPB = 32 * NW
 BN = 32                             # tokens per block (4 tiles of 8)
@@ -62,11 +64,12 @@ def frag_q4_0(q, row, kb, t):
     return nib_s8(w), nib_s8(w >> 4)
 
 
-FRAGS = {"Q8_0": frag_q8_0, "Q4_0": frag_q4_0}
+FRAGS = {"Q8_0": frag_q8_0, "Q4_0": frag_q4_0, "F16": frag_q8_0}   # F16: 16 halves = 32 bytes, Q8_0's words
 
 
 def _make_kernel(kind, KS, EPI, ACT):
     frag = FRAGS[kind]
+    F16 = kind == "F16"
     RW = NW // KS                   # row groups (16 rows each) per block
     BM = 16 * RW
 
@@ -82,14 +85,34 @@ def _make_kernel(kind, KS, EPI, ACT):
         if kb < nblocks:
             if ra < rows:
                 a0, a2 = frag(q, ra, kb, t)
-                da = h2f(int32(s[ra, kb]))
+                if not F16:
+                    da = h2f(int32(s[ra, kb]))
             if rb < rows:
                 a1, a3 = frag(q, rb, kb, t)
-                db = h2f(int32(s[rb, kb]))
+                if not F16:
+                    db = h2f(int32(s[rb, kb]))
         return a0, a1, a2, a3, da, db
 
     @cuda.jit(device=True)
-    def tile(sh, tx, acc, a, xq, xd, kb, n0, g, t, T, nblocks):
+    def tile_f16(sh, tx, acc, a, x, unused, kb, n0, g, t, T, nblocks):
+        """F16: the four 16 x 8 tiles of columns 16kb..16kb+15, x rounded to half as it is loaded,
+        accumulated in the MMA itself (no scales)."""
+        a0, a1, a2, a3, da, db = a
+        live = kb < nblocks
+        c = 16 * kb + 2 * t
+        for j in range(4):
+            n = n0 + 8 * j + g
+            b0 = int32(0)
+            b1 = int32(0)
+            if live and n < T:
+                b0 = f2h2(x[n, c], x[n, c + 1])
+                b1 = f2h2(x[n, c + 8], x[n, c + 9])
+            r = mma_f16(sh, tx, a0, a1, a2, a3, b0, b1, acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3])
+            for i in range(4):
+                acc[4 * j + i] = r[i]
+
+    @cuda.jit(device=True)
+    def tile_s8(sh, tx, acc, a, xq, xd, kb, n0, g, t, T, nblocks):
         """The four 16 x 8 tiles of block kb, added to acc (every lane calls: mma_s8 is warp-wide)."""
         a0, a1, a2, a3, da, db = a
         live = kb < nblocks
@@ -108,6 +131,8 @@ def _make_kernel(kind, KS, EPI, ACT):
             acc[4 * j + 1] += da * x1 * float32(c[1])
             acc[4 * j + 2] += db * x0 * float32(c[2])
             acc[4 * j + 3] += db * x1 * float32(c[3])
+
+    tile = tile_f16 if F16 else tile_s8
 
     @cuda.jit
     def gemmq_kernel(q, s, xq, xd, y, y2, y3, bias, has_bias, accumulate, nblocks, rows, n1, n2):
@@ -204,24 +229,30 @@ def k_splits(rows, T, nblocks):
 
 
 def gemmq_cuda(p, s, ys, bias=None, swiglu=None, accumulate=False, stream=0, ks=None):
-    """ys [+]= (x quantised in s: a gemvq.Scratch of (T, cols)) @ W.T (+ bias), with gemv_fused_cuda's
-    output forms (ys: y, [y] or [q, k, v]; swiglu: "silu" / "gelu" on interleaved gate/up rows);
-    p: Packed Q8_0 / Q4_0. ks: K groups per block (default: k_splits)."""
+    """ys [+]= x @ W.T (+ bias), with gemv_fused_cuda's output forms (ys: y, [y] or [q, k, v]; swiglu:
+    "silu" / "gelu" on interleaved gate/up rows). p: Packed Q8_0 / Q4_0, x quantised in s (a
+    gemvq.Scratch of (T, cols)); or Packed F16 and s the float32 x (T, cols) itself.
+    ks: K groups per block (default: k_splits)."""
     if not supports(p):
         raise ValueError(f"gemmq: {p.kind if p is not None else None} weights are not {' / '.join(KINDS)}")
     ys = [gemv._as_2d(y) for y in (ys if isinstance(ys, (list, tuple)) else [ys])]
-    if s.cols != p.cols or any(y.shape[0] != s.B for y in ys):
-        raise ValueError(f"gemmq: x ({s.B}, {s.cols}) / y {[tuple(y.shape) for y in ys]} do not fit the "
+    if p.kind == "F16":
+        x = gemv._as_2d(s)
+        (T, cols), xq, xd, width = x.shape, x, x, 16
+    else:
+        T, cols, xq, xd, width = s.B, s.cols, s.xq, s.xd, 32
+    if cols != p.cols or cols % width or any(y.shape[0] != T for y in ys):
+        raise ValueError(f"gemmq: x ({T}, {cols}) / y {[tuple(y.shape) for y in ys]} do not fit the "
                          f"{p.kind} weight {p.rows}x{p.cols}")
     epi, code = gemv.epilogue_of(p, ys, bias, swiglu, accumulate)
-    nblocks = p.cols // 32
-    ks = k_splits(p.rows, s.B, nblocks) if ks is None else ks
+    nblocks = cols // width
+    ks = k_splits(p.rows, T, nblocks) if ks is None else ks
     if ks not in SPLITS:
         raise ValueError(f"gemmq: ks must be one of {SPLITS}, got {ks}")
     y1, y2, y3 = (ys * 3)[:3] if len(ys) == 1 else ys
     b = y1 if bias is None else bias.reshape(1, p.rows)
     bm = 16 * (NW // ks)
-    grid = ((p.rows + bm - 1) // bm, (s.B + BN - 1) // BN)
+    grid = ((p.rows + bm - 1) // bm, (T + BN - 1) // BN)
     _kernel(p.kind, ks, epi, code)[grid, TPB, stream](
-        p.q, p.s, s.xq, s.xd, y1, y2, y3, b, bias is not None, bool(accumulate), nblocks, p.rows,
+        p.q, p.s, xq, xd, y1, y2, y3, b, bias is not None, bool(accumulate), nblocks, p.rows,
         ys[0].shape[1], ys[1].shape[1] if len(ys) == 3 else 0)

@@ -91,10 +91,11 @@ class CudaOps(_Ops):
         # (kernels/gemvq.py, as llama.cpp's mmvq does): 1.2-1.7x faster decode at B = 1 on an H200
         # (docs/performance.md, issue 7 round 3). LLCUDA_INT8_X=0: the float gemv (x kept in float32).
         self.int8_x = os.environ.get("LLCUDA_INT8_X", "1") != "0"
-        # More than gemv.MAX_B rows of Q8_0 / Q4_0 (prefill, batched decode) through the int8 tensor
-        # cores (kernels/gemmq.py; x quantised as for gemvq) instead of the FP32 tiled gemm: batch-32
-        # decode 1.7x, with the tiled attention prefill 2.4x on an H200 (docs/performance.md, round 7).
-        # LLCUDA_MMA=0 (or LLCUDA_INT8_X=0, x kept in float32): the FP32 gemm.
+        # More than gemv.MAX_B rows of Q8_0 / Q4_0 / F16 (prefill, batched decode) through the tensor
+        # cores (kernels/gemmq.py; x quantised as for gemvq, or rounded to half) instead of the FP32
+        # tiled gemm: Q8_0 batch-32 decode 1.7x, with the tiled attention prefill 2.4x on an H200
+        # (docs/performance.md, round 7). LLCUDA_MMA=0 (or LLCUDA_INT8_X=0: x kept in float32): the
+        # FP32 gemm.
         self.mma = self.int8_x and os.environ.get("LLCUDA_MMA", "1") != "0"
         # steps of more than gemv.MAX_B tokens that are not a decode batch (a prompt, or a prompt chunk
         # mixed with decode tokens) take the tiled attention (kernels/attention_tiled.py): keys and
@@ -168,7 +169,7 @@ class CudaOps(_Ops):
             return super().attn_in(lw, x, xb, q2, k2, v2, eps)
         bias = self.fused[id(lw)][1].get("qkv_bias")
         if T > gemv.MAX_B:
-            self._mma(p, x, lw.attn_norm, eps, [q2, k2, v2], bias=bias)
+            self._mma(p, x, lw.attn_norm, eps, [q2, k2, v2], bias=bias, xb=xb)
             return
         if self._gemvq(p, x, lw.attn_norm, eps, [q2, k2, v2], bias=bias):
             return
@@ -187,7 +188,7 @@ class CudaOps(_Ops):
             return super().ffn_in(lw, x, xb, gate, up, hb, eps, gelu)
         act = "gelu" if gelu else "silu"
         if T > gemv.MAX_B:
-            self._mma(p, x, lw.ffn_norm, eps, [hb], swiglu=act)
+            self._mma(p, x, lw.ffn_norm, eps, [hb], swiglu=act, xb=xb)
             return
         if self._gemvq(p, x, lw.ffn_norm, eps, [hb], swiglu=act):
             return
@@ -271,9 +272,18 @@ class CudaOps(_Ops):
         self._mma(p, x, None, 0.0, [out], bias=bias, accumulate=accumulate)
         return True
 
-    def _mma(self, p, x, norm, eps, ys, bias=None, swiglu=None, accumulate=False):
-        """x [RMSNorm-ed] quantised to int8, then gemmq into ys (its output forms: [y], [q, k, v], SwiGLU)."""
+    def _mma(self, p, x, norm, eps, ys, bias=None, swiglu=None, accumulate=False, xb=None):
+        """x [RMSNorm-ed] through gemmq into ys (its output forms: [y], [q, k, v], SwiGLU): Q8_0 / Q4_0
+        with x quantised to int8 first (the norm folded into that launch); F16 with x itself (the norm
+        into xb first)."""
         T = x.shape[0]
+        if p.kind == "F16":
+            if norm is not None:
+                self.rmsnorm(x, norm, eps, xb)
+                x = xb
+            self.launches += 1
+            gemmq.gemmq_cuda(p, x, ys, bias=bias, swiglu=swiglu, accumulate=accumulate, **self.kw)
+            return
         s = self.scratch.get(("mma", p.cols))
         if s is None or s.B < T:                       # one scratch per width, grown to the largest T;
             if s is not None:                          # the old one stays allocated: captured graphs read it
@@ -286,8 +296,8 @@ class CudaOps(_Ops):
 
     def matvec(self, w, x, out, bias=None, accumulate=False):
         """T <= gemv.MAX_B rows: gemvq (int8 x; the float gemv with LLCUDA_INT8_X=0 or for F16 / BF16 /
-        F32; matvec.py where gemv.pack declines). More rows: the tiled FP32 gemm (gemmq's tensor cores with
-        LLCUDA_MMA=1)."""
+        F32; matvec.py where gemv.pack declines). More rows: gemmq's tensor cores (Q8_0 / Q4_0 / F16), else
+        the tiled FP32 gemm."""
         p = None if self.legacy or x.shape[0] > gemv.MAX_B else self._packed(w)
         if p is not None and self._gemvq(p, x, None, 0.0, [out], bias=bias, accumulate=accumulate):
             return                                     # its two launches are counted there

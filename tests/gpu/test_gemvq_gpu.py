@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from numba import config, cuda
 
-from llcuda_mpi.kernels import gemv, gemvq
+from llcuda_mpi.kernels import gemv, gemvq, intrin
 from llcuda_mpi.kernels.intrin import dp4a, dp4a_reference, h2f
 from llcuda_mpi.kernels.quant_reference import matvec_ref, random_raw
 
@@ -106,6 +106,29 @@ def test_gemmq_matches_reference(name, T, ks):
     gemmq.gemmq_cuda(p, s, y, bias=cuda.to_device(bias), accumulate=True, ks=ks)
     want = matvec_ref(raw, name, gemvq.dequantized_x(s)) + bias + 1.0
     np.testing.assert_allclose(y.copy_to_host(), want, atol=1e-3, rtol=1e-4)
+
+
+def test_mma_f16_is_a_matrix_product():
+    rng = np.random.default_rng(5)
+    A = rng.standard_normal((16, 16)).astype(np.float16)
+    B = rng.standard_normal((16, 8)).astype(np.float32)
+    want = A.astype(np.float64) @ B.astype(np.float16).astype(np.float64) + 1.0
+    np.testing.assert_allclose(intrin.mma_f16_check(A, B), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("T,ks", [(9, None), (32, 8), (100, None), (512, None)])
+def test_gemmq_f16(T, ks):
+    # F16 weights on the f16 MMA, x rounded to half as it is loaded
+    from llcuda_mpi.kernels import gemmq
+    rng = np.random.default_rng(T)
+    rows, cols = 300, 2048
+    raw = random_raw("F16", rows, cols, rng)
+    p = gemv.to_device(gemv.pack(raw, "F16"), cuda.to_device)
+    x = rng.standard_normal((T, cols)).astype(np.float32)
+    y = cuda.to_device(np.ones((T, rows), np.float32))
+    gemmq.gemmq_cuda(p, cuda.to_device(x), y, accumulate=True, ks=ks)
+    want = matvec_ref(raw, "F16", x.astype(np.float16).astype(np.float32)) + 1.0
+    np.testing.assert_allclose(y.copy_to_host(), want, atol=2e-3, rtol=1e-3)
 
 
 @pytest.mark.parametrize("T", [32, 512])

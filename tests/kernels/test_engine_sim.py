@@ -82,15 +82,21 @@ def test_int8_x_attention_writes_the_projection_input(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_mma_route_close_to_cpu(tmp_path, monkeypatch):
-    # LLCUDA_MMA=1: a 10-token prompt (more than gemv.MAX_B rows) through kernels/gemmq.py
-    # n_vocab 80: the output projection is two row tiles of gemmq, the second partial
+@pytest.mark.parametrize("quant", ["Q8_0", "F16"])
+def test_mma_route_close_to_cpu(tmp_path, monkeypatch, quant):
+    # the default for more than gemv.MAX_B rows: a 10-token prompt through kernels/gemmq.py (Q8_0: x
+    # quantised to int8; F16: x rounded to half); n_vocab 80: the output projection is two row tiles
+    # of gemmq, the second partial
+    from llcuda_mpi.kernels import gemmq
     monkeypatch.setenv("LLCUDA_MMA", "1")
+    calls = []
+    run = gemmq.gemmq_cuda
+    monkeypatch.setattr(gemmq, "gemmq_cuda", lambda p, *a, **k: calls.append(p.kind) or run(p, *a, **k))
     cfg = {**MICRO, "n_vocab": 80}
-    model = load_model(make_tiny_model("llama", tmp_path / "micro.gguf", quant="Q8_0", seed=5, **cfg))
+    model = load_model(make_tiny_model("llama", tmp_path / "micro.gguf", quant=quant, seed=5, **cfg))
     tokens = [1, 17, 79, 43, 5, 6, 7, 8, 9, 10]
     ops = CudaOps()
     got = prompt_logits(model, ops, tokens)
-    assert set(ops.scratch) == {("mma", 32)}, "the tensor-core route was not taken"
+    assert len(calls) >= 3 and set(calls) == {quant}, "the tensor-core route was not taken"
     want = prompt_logits(model, CpuOps(), tokens)
     assert np.abs(got - want).max() <= 0.03 * np.abs(want).max()

@@ -1,6 +1,7 @@
-"""kernels/gemmq.py (int8 tensor-core matmul) on the simulator: exactly the float64 product of the
-dequantised weights and the dequantised int8 x, for Q8_0 and Q4_0, ragged rows and tokens, every
-K split (including passes where some warps have no block left) and every output form."""
+"""kernels/gemmq.py (tensor-core matmul) on the simulator: exactly the float64 product of the
+dequantised weights and the dequantised int8 x, for Q8_0 and Q4_0 (F16: of the half-rounded x),
+ragged rows and tokens, K splits (including passes where some warps have no block left) and every
+output form."""
 
 import numpy as np
 import pytest
@@ -30,6 +31,19 @@ def test_gemmq_matches_reference(name, ks, rng, close):
     gemmq.gemmq_cuda(p, s, y, bias=cuda.to_device(bias), accumulate=True, ks=ks)
     want = matvec_ref(raw, name, gemvq.dequantized_x(s)) + bias + y0
     close(y.copy_to_host(), want, atol=1e-4, rtol=1e-5)
+
+
+def test_gemmq_f16(rng, close):
+    # F16 weights on the f16 MMA: x rounded to half, float32 sums; split K with a ragged last pass
+    rows, cols, T = 20, 48, 10
+    raw = random_raw("F16", rows, cols, rng)
+    p = gemv.to_device(gemv.pack(raw, "F16"), cuda.to_device)
+    x = rng.standard_normal((T, cols)).astype(np.float32)
+    y0 = rng.standard_normal((T, rows)).astype(np.float32)
+    y = cuda.to_device(y0)
+    gemmq.gemmq_cuda(p, cuda.to_device(x), y, accumulate=True, ks=2)
+    want = matvec_ref(raw, "F16", x.astype(np.float16).astype(np.float32)) + y0
+    close(y.copy_to_host(), want, atol=1e-4, rtol=1e-4)
 
 
 def test_gemmq_split_and_swiglu_outputs(rng, close):
@@ -68,6 +82,6 @@ def test_gemmq_rejects_what_does_not_fit(rng):
         gemmq.gemmq_cuda(p, s, cuda.device_array((3, 4), np.float32))
     with pytest.raises(ValueError, match="ks must be"):
         gemmq.gemmq_cuda(p, s, cuda.device_array((2, 4), np.float32), ks=3)
-    f16 = gemv.to_device(gemv.pack(random_raw("F16", 4, 64, rng), "F16"), cuda.to_device)
-    with pytest.raises(ValueError, match="not Q8_0 / Q4_0"):
-        gemmq.gemmq_cuda(f16, s, cuda.device_array((2, 4), np.float32))
+    bf16 = gemv.to_device(gemv.pack(random_raw("BF16", 4, 64, rng), "BF16"), cuda.to_device)
+    with pytest.raises(ValueError, match="not Q8_0 / Q4_0 / F16"):
+        gemmq.gemmq_cuda(bf16, s, cuda.device_array((2, 4), np.float32))
