@@ -314,12 +314,35 @@ UNITS = {"Q8_0": (unit_q8_0, 32), "Q4_0": (unit_q4_0, 32), "Q4_K": (unit_q4_k, 6
          "Q6_K": (unit_q6_k, 64)}
 
 
-def _make_kernel(kind, NB, EPI, ACT):
-    finish = gemv.make_epilogue(NB, EPI, ACT)
+def _make_accumulate(kind, NB):
     unit = UNITS[kind][0]
 
+    @cuda.jit(device=True)
+    def accumulate(q, s, row, lane, xq, xd, xs, nunits, nb, acc):
+        """acc[b] = this lane's share of row . x_b: units lane, lane + 32, ...; two per pass (both
+        units' loads in flight together)."""
+        for b in range(NB):
+            acc[b] = float32(0.0)
+        u = lane
+        while u + 32 < nunits:
+            for b in range(NB):
+                if b < nb:
+                    acc[b] += unit(q, s, row, u, xq, xd, xs, b) + unit(q, s, row, u + 32, xq, xd, xs, b)
+            u += 64
+        if u < nunits:
+            for b in range(NB):
+                if b < nb:
+                    acc[b] += unit(q, s, row, u, xq, xd, xs, b)
+
+    return accumulate
+
+
+def _make_kernel(kind, NB, EPI, ACT):
+    finish = gemv.make_epilogue(NB, EPI, ACT)
+    accumulate = _make_accumulate(kind, NB)
+
     @cuda.jit
-    def gemvq_kernel(q, s, xq, xd, xs, y, y2, y3, bias, has_bias, accumulate, nunits, rows, n1, n2):
+    def gemvq_kernel(q, s, xq, xd, xs, y, y2, y3, bias, has_bias, accumulate_y, nunits, rows, n1, n2):
         lane = cuda.threadIdx.x
         wy = cuda.threadIdx.y
         row = cuda.blockIdx.x * WARPS + wy
@@ -327,22 +350,77 @@ def _make_kernel(kind, NB, EPI, ACT):
         live = row < rows                  # no early return: all threads reach the epilogue's barriers
         acc = cuda.local.array(NB, float32)
         part = cuda.shared.array((NB, WARPS, 33), float32)
-        for b in range(NB):
-            acc[b] = float32(0.0)
         if live:
-            u = lane
-            while u + 32 < nunits:         # two units per pass: both units' loads in flight together
-                for b in range(NB):
-                    if b < nb:
-                        acc[b] += unit(q, s, row, u, xq, xd, xs, b) + unit(q, s, row, u + 32, xq, xd, xs, b)
-                u += 64
-            if u < nunits:
-                for b in range(NB):
-                    if b < nb:
-                        acc[b] += unit(q, s, row, u, xq, xd, xs, b)
-        finish(part, acc, lane, wy, row, nb, live, y, y2, y3, bias, has_bias, accumulate, n1, n2)
+            accumulate(q, s, row, lane, xq, xd, xs, nunits, nb, acc)
+        else:
+            for b in range(NB):
+                acc[b] = float32(0.0)
+        finish(part, acc, lane, wy, row, nb, live, y, y2, y3, bias, has_bias, accumulate_y, n1, n2)
 
     return gemvq_kernel
+
+
+def _make_rope_kernel(kind, NB):
+    accumulate = _make_accumulate(kind, NB)
+
+    @cuda.jit
+    def gemvq_rope_kernel(q, s, xq, xd, xs, yq, kc, vc, bias, has_bias, nunits, rows, n1, n2, D,
+                          slot, pos, C, base, ff, use_ff):
+        # fused QKV rows [q | k | v], then rope (adjacent pairs) on q and k and the KV-cache store:
+        # q rows -> yq (T, n1); k rows rotated and v rows -> the caches kc, vc viewed as
+        # (slots * C, Hkv * D), row slot[b] * C + pos[b]
+        lane = cuda.threadIdx.x
+        wy = cuda.threadIdx.y
+        row = cuda.blockIdx.x * WARPS + wy
+        nb = xq.shape[0]
+        live = row < rows
+        acc = cuda.local.array(NB, float32)
+        part = cuda.shared.array((NB, WARPS, 33), float32)
+        if live:
+            accumulate(q, s, row, lane, xq, xd, xs, nunits, nb, acc)
+        else:
+            for b in range(NB):
+                acc[b] = float32(0.0)
+        for b in range(NB):
+            part[b, wy, lane] = acc[b]
+        cuda.syncthreads()
+        if lane < nb:
+            v = float32(0.0)
+            for k in range(32):
+                v += part[lane, wy, k]
+            if has_bias and live:
+                v += bias[0, row]
+            part[lane, wy, 32] = v         # column 32 is free: the warp's row result
+        cuda.syncthreads()                 # every warp's row result is in part[:, :, 32]
+        if lane < nb and live:
+            b = lane
+            p = pos[b]
+            st = slot[b]
+            stored = 0 <= st < kc.shape[0] // C and 0 <= p < C
+            if row >= n1 + n2:             # a v row: to the cache as it is
+                if stored:
+                    vc[st * C + p, row - n1 - n2] = part[b, wy, 32]
+            elif wy % 2 == 0:              # rows (row, row + 1) are pair i of a q or k head: rope.py's angle
+                r = row if row < n1 else row - n1
+                i = (r % D) // 2
+                inv_freq = base ** (-2.0 * i / D)
+                if use_ff:
+                    inv_freq = inv_freq / float(ff[i])
+                ang = float(p) * inv_freq
+                c = float32(math.cos(ang))
+                sn = float32(math.sin(ang))
+                a = part[b, wy, 32]
+                a1 = part[b, wy + 1, 32]
+                o0 = a * c - a1 * sn
+                o1 = a * sn + a1 * c
+                if row < n1:
+                    yq[b, r] = o0
+                    yq[b, r + 1] = o1
+                elif stored:
+                    kc[st * C + p, r] = o0
+                    kc[st * C + p, r + 1] = o1
+
+    return gemvq_rope_kernel
 
 
 _KERNELS = {}
@@ -352,7 +430,7 @@ def _kernel(kind, nb, epi, act_code):
     NB = next(n for n in gemv.NBS if n >= nb)
     key = kind, NB, epi, act_code
     if key not in _KERNELS:
-        _KERNELS[key] = _make_kernel(*key)
+        _KERNELS[key] = _make_rope_kernel(kind, NB) if epi == "rope" else _make_kernel(*key)
     return _KERNELS[key]
 
 
@@ -373,3 +451,31 @@ def gemvq_cuda(p, s, ys, bias=None, swiglu=None, accumulate=False, stream=0):
     _kernel(p.kind, s.B, epi, code)[grid, (32, gemv.WARPS), stream](
         p.q, p.s, s.xq, s.xd, s.xs, y1, y2, y3, b, bias is not None, bool(accumulate), p.cols // UNITS[p.kind][1],
         p.rows, widths[0], widths[1] if len(ys) == 3 else 0)
+
+
+def gemvq_rope_cuda(p, s, q, k_cache, v_cache, slot, pos, base, freq_factors=None, bias=None, stream=0):
+    """The fused QKV weight p ([Wq; Wk; Wv] rows) times x (quantised in s, B tokens), then rope on q
+    and k (adjacent pairs: llama's non-neox form, rope.py's float64 angle) and the KV-cache store, in
+    one launch: q (B, H * D) gets the rotated q rows; k_cache / v_cache (S, C, Hkv, D) get the
+    rotated k and the v rows at [slot[b], pos[b]] (tokens out of range: not stored). What
+    gemvq_cuda(p, s, [q, k, v]) then fused.rope_kv_store_cuda(neox=False) write, minus k and v."""
+    if not supports(p):
+        raise ValueError(f"gemvq: {p.kind if p is not None else None} weights are not {' / '.join(KINDS)}")
+    S, C, Hkv, D = k_cache.shape
+    q2 = gemv._as_2d(q)
+    n1, n2 = q2.shape[1], Hkv * D
+    if s.cols != p.cols or not 1 <= s.B <= gemv.MAX_B or q2.shape[0] != s.B or p.rows != n1 + 2 * n2 \
+            or D % 2 or n1 % D or tuple(v_cache.shape) != (S, C, Hkv, D) or slot.shape != (s.B,) \
+            or pos.shape != (s.B,):
+        raise ValueError(f"gemvq_rope: x ({s.B}, {s.cols}), q {tuple(q2.shape)}, caches {tuple(k_cache.shape)} "
+                         f"do not fit the {p.kind} weight {p.rows}x{p.cols}")
+    if freq_factors is not None and freq_factors.shape != (D // 2,):
+        raise ValueError(f"gemvq_rope: freq_factors {tuple(freq_factors.shape)} is not ({D // 2},)")
+    kc = k_cache.reshape(S * C, Hkv * D)
+    vc = v_cache.reshape(S * C, Hkv * D)
+    b = q2 if bias is None else bias.reshape(1, p.rows)
+    ff = pos if freq_factors is None else freq_factors          # a 1-D placeholder, never read
+    grid = ((p.rows + gemv.WARPS - 1) // gemv.WARPS,)
+    _kernel(p.kind, s.B, "rope", 0)[grid, (32, gemv.WARPS), stream](
+        p.q, p.s, s.xq, s.xd, s.xs, q2, kc, vc, b, bias is not None, p.cols // UNITS[p.kind][1], p.rows,
+        n1, n2, D, slot, pos, C, float(base), ff, freq_factors is not None)

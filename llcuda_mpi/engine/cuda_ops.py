@@ -200,6 +200,21 @@ class CudaOps(_Ops):
         self.launches += 1
         gemv.gemv_fused_cuda(p, x, [hb], norm=nw, eps=eps, swiglu=act, **self.kw)
 
+    def attn_in_rope(self, lw, x, xb, q2, k2, v2, eps, q, k, v, k_cache, v_cache, slot, pos, base, neox,
+                     freq_factors):
+        """Decode steps (<= gemv.MAX_B tokens) of llama-style rope on the int8 route: the QKV gemvq's
+        epilogue rotates q and k and stores k, v in the caches itself (one launch fewer per layer)."""
+        T = x.shape[0]
+        p = self._fused(lw, "qkv", T)
+        if neox or T > gemv.MAX_B or p is None or not (self.int8_x and gemvq.supports(p)):
+            return super().attn_in_rope(lw, x, xb, q2, k2, v2, eps, q, k, v, k_cache, v_cache, slot, pos,
+                                        base, neox, freq_factors)
+        s = self._scratch(T, p.cols)
+        self.launches += 2
+        gemvq.quantize_x_cuda(x, s, norm=lw.attn_norm, eps=eps, **self.kw)
+        gemvq.gemvq_rope_cuda(p, s, q2, k_cache, v_cache, slot, pos, base, freq_factors=freq_factors,
+                              bias=self.fused[id(lw)][1].get("qkv_bias"), **self.kw)
+
     def rope_kv_store(self, q, k, v, k_cache, v_cache, slot, pos, base, neox, freq_factors):
         self.launches += 1
         fused.rope_kv_store_cuda(q, k, v, k_cache, v_cache, slot, pos, base, neox, freq_factors, **self.kw)

@@ -103,14 +103,17 @@ def forward(cfg, w, s, ops, T, B):
 
     for layer, lw in enumerate(w.layers):
         # attention: x += Wo @ attention(rope(Wq xn), rope(Wk xn), Wv xn)
-        ops.attn_in(lw, x, xb, q2, k2, v2, eps)                        # rmsnorm, Wq, Wk, Wv
-        if cfg.qk_norm:
-            ops.rmsnorm(ops.rows(q), lw.attn_q_norm, eps, ops.rows(q))   # per head
-            ops.rmsnorm(ops.rows(k), lw.attn_k_norm, eps, ops.rows(k))
         swa = cfg.is_swa_layer(layer)
         base = cfg.rope_base_swa if swa else cfg.rope_base
-        ops.rope_kv_store(q, k, v, s.k_cache[layer], s.v_cache[layer], slot, pos,
-                          base, cfg.rope_neox, w.rope_freqs if not swa else None)
+        ff = w.rope_freqs if not swa else None
+        if cfg.qk_norm:
+            ops.attn_in(lw, x, xb, q2, k2, v2, eps)                    # rmsnorm, Wq, Wk, Wv
+            ops.rmsnorm(ops.rows(q), lw.attn_q_norm, eps, ops.rows(q))   # per head
+            ops.rmsnorm(ops.rows(k), lw.attn_k_norm, eps, ops.rows(k))
+            ops.rope_kv_store(q, k, v, s.k_cache[layer], s.v_cache[layer], slot, pos, base, cfg.rope_neox, ff)
+        else:                                                          # the same, rope + store fused in
+            ops.attn_in_rope(lw, x, xb, q2, k2, v2, eps, q, k, v, s.k_cache[layer], s.v_cache[layer],
+                             slot, pos, base, cfg.rope_neox, ff)
         window = cfg.sliding_window if swa else 0
         if cfg.post_norms:
             ops.attend_project(q, s.k_cache[layer], s.v_cache[layer], slot, pos, att, scale, window,

@@ -126,6 +126,12 @@ class _Ops:
         self.rope(q, k, pos, base, neox, freq_factors)
         self.kv_store(k, v, k_cache, v_cache, slot, pos)
 
+    def attn_in_rope(self, lw, x, xb, q2, k2, v2, eps, q, k, v, k_cache, v_cache, slot, pos, base, neox,
+                     freq_factors):
+        """attn_in, then rope_kv_store (CudaOps fuses them where it can)."""
+        self.attn_in(lw, x, xb, q2, k2, v2, eps)
+        self.rope_kv_store(q, k, v, k_cache, v_cache, slot, pos, base, neox, freq_factors)
+
     def attend_project(self, q, k_cache, v_cache, slot, pos, att, scale, window, w, att2, out, accumulate):
         """att = attention(q over the caches); out [+]= att2 @ W.T (att2: att's (T, heads*hd) view)."""
         self.attention(q, k_cache, v_cache, slot, pos, att, scale, window)

@@ -58,6 +58,16 @@ def gemvq_cases():
             k = gemvq._kernel(kind, nb, epi, gemv.SILU)
             yield (f"gemvq {kind} NB={nb} epi={epi}", k.py_func,
                    _typed(p.q, p.s, xq, xd, xd, y, y, y, y, True, False, 8, rows, rows, 0))
+        if kind in ("Q8_0", "Q4_0"):                 # QKV with rope + the KV-cache store in the epilogue
+            for nb in (1, gemv.MAX_B):
+                xq = np.zeros((nb, cols // 8), np.int64)
+                xd = np.zeros((nb, cols // 32), np.float32)
+                yq = np.zeros((nb, 8), np.float32)
+                kc = np.zeros((12, 4), np.float32)
+                idx = np.zeros(nb, np.int32)
+                yield (f"gemvq_rope {kind} NB={nb}", gemvq._kernel(kind, nb, "rope", 0).py_func,
+                       _typed(p.q, p.s, xq, xd, xd, yq, kc, kc, yq, True, 8, rows, 8, 4, 4, idx, idx, 6,
+                              1e4, np.zeros(2, np.float32), True))
     x = np.zeros((2, cols), np.float32)
     s = gemvq.Scratch(np.zeros((2, cols // 8), np.int64), np.zeros((2, cols // 32), np.float32),
                       np.zeros((2, cols // 32), np.float32), 2, cols)

@@ -141,3 +141,33 @@ def test_gemvq_rejects_what_does_not_fit(rng):
         gemvq.scratch(1, 48, lambda shape, dt: None)
     with pytest.raises(ValueError, match="does not fit the scratch"):
         gemvq.quantize_x_cuda(cuda.device_array((2, 64), np.float32), s)
+
+
+@pytest.mark.parametrize("with_ff", [False, True])
+def test_gemvq_rope_equals_gemvq_then_rope_kv_store(with_ff, rng):
+    # the fused QKV gemvq with rope and the KV-cache store in its epilogue writes exactly what
+    # gemvq into q, k, v then fused.rope_kv_store_cuda (non-neox) write; token 2's slot is out of
+    # range (rotated q, nothing stored)
+    from llcuda_mpi.kernels import fused
+    H, Hkv, D, cols, S, C = 2, 1, 8, 64, 2, 6
+    rows = (H + 2 * Hkv) * D
+    p = gemv.to_device(gemv.pack(random_raw("Q8_0", rows, cols, rng), "Q8_0"), cuda.to_device)
+    x = rng.standard_normal((3, cols)).astype(np.float32)
+    s = gemvq.scratch(3, cols, lambda shape, dt: cuda.device_array(shape, dt))
+    gemvq.quantize_x_cuda(cuda.to_device(x), s)
+    slot = cuda.to_device(np.array([1, 0, 5], np.int32))
+    pos = cuda.to_device(np.array([3, 0, 2], np.int32))
+    bias = cuda.to_device(rng.standard_normal(rows).astype(np.float32))
+    ff = cuda.to_device(rng.uniform(1, 4, D // 2).astype(np.float32)) if with_ff else None
+    cache0 = rng.standard_normal((S, C, Hkv, D)).astype(np.float32)
+    q, k, v = (cuda.device_array((3, n, D), np.float32) for n in (H, Hkv, Hkv))
+    kc, vc = cuda.to_device(cache0), cuda.to_device(cache0 + 1)
+    gemvq.gemvq_cuda(p, s, [q.reshape(3, H * D), k.reshape(3, Hkv * D), v.reshape(3, Hkv * D)], bias=bias)
+    fused.rope_kv_store_cuda(q, k, v, kc, vc, slot, pos, 1000.0, False, ff)
+    q2 = cuda.device_array((3, H * D), np.float32)
+    kc2, vc2 = cuda.to_device(cache0), cuda.to_device(cache0 + 1)
+    gemvq.gemvq_rope_cuda(p, s, q2, kc2, vc2, slot, pos, 1000.0, freq_factors=ff, bias=bias)
+    np.testing.assert_array_equal(q2.copy_to_host(), q.copy_to_host().reshape(3, H * D))
+    np.testing.assert_array_equal(kc2.copy_to_host(), kc.copy_to_host())
+    np.testing.assert_array_equal(vc2.copy_to_host(), vc.copy_to_host())
+    assert not np.array_equal(kc.copy_to_host(), cache0), "nothing was stored"
