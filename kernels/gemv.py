@@ -18,8 +18,8 @@ A "word" w of a row decodes to RUNS runs of RUN consecutive elements
 (columns c0.. and c1..). One warp per row, WARPS rows per block; lane l reads
 words l, l+32, ... U at a time (independent loads in flight), decodes each
 once and FMAs it into NB accumulators, one per batch row (x stays in L1/L2).
-Lane partials meet in shared memory (one code path for the simulator, which
-has no shuffles). The launcher never allocates, copies or synchronises.
+Lane partials are summed by warp shuffles (in shared memory on the simulator,
+which has no shuffles). The launcher never allocates, copies or synchronises.
 """
 
 import math
@@ -30,6 +30,7 @@ from numba import config, cuda, float32
 
 from . import intrin
 from . import quant_blocks as qb
+from ._common import warp_sum
 
 WARPS = 2 if config.ENABLE_CUDASIM else 8   # rows per block (fewer on the simulator: a Python thread per lane)
 U = 4              # words per lane loaded before decoding
@@ -305,26 +306,42 @@ def act(g, code):
     return float32(0.5) * g * (float32(1.0) + math.tanh(float32(GELU_C) * (g + float32(0.044715) * g * g * g)))
 
 
+def make_row_sum(NB):
+    """row_sum(acc, lane, wy) -> lane b's total of acc[b] over its warp (b < NB; 0 in other lanes).
+
+    Warp shuffles on a GPU (5 steps per batch row, no shared memory round trips); on the simulator
+    the lanes meet in shared memory, summed in lane order. Every thread of the block must call it."""
+
+    @cuda.jit(device=True)
+    def row_sum(acc, lane, wy):
+        red = cuda.shared.array(TPBK, float32)       # the simulator's lane exchange (unused on a GPU)
+        mine = float32(0.0)
+        for b in range(NB):
+            t = warp_sum(red, lane + 32 * wy, acc[b])
+            if lane == b:
+                mine = t
+        return mine
+
+    return row_sum
+
+
 def make_epilogue(NB, EPI, ACT):
     """finish(part, acc, ...): the lane partials acc[b] of each warp's row -> y (bias, accumulate, SPLIT, SWIGLU).
 
-    part: shared (NB, WARPS, 33); lane b of each warp sums batch row b's 32 partials (shared memory:
-    the simulator has no shuffles); every thread of the block must call it (it synchronises).
+    part: shared (NB, WARPS); lane b of each warp gets batch row b's total (make_row_sum);
+    SWIGLU pairs the rows of neighbouring warps through part; every thread of the block must call
+    it (it synchronises).
     """
+    row_sum = make_row_sum(NB)
 
     @cuda.jit(device=True)
     def finish(part, acc, lane, wy, row, nb, live, y, y2, y3, bias, has_bias, accumulate, n1, n2):
-        for b in range(NB):
-            part[b, wy, lane] = acc[b]
-        cuda.syncthreads()
+        v = row_sum(acc, lane, wy)
         if lane < nb:
-            v = float32(0.0)
-            for k in range(32):
-                v += part[lane, wy, k]
             if has_bias and live:
                 v += bias[0, row]
             if EPI == SWIGLU:
-                part[lane, wy, 32] = v     # column 32 is free: the warp's row result
+                part[lane, wy] = v     # the warp's row result, for its neighbour
             elif live:
                 if EPI == SPLIT and row >= n1:
                     if row < n1 + n2:
@@ -336,9 +353,9 @@ def make_epilogue(NB, EPI, ACT):
                         v += y[lane, row]
                     y[lane, row] = v
         if EPI == SWIGLU:
-            cuda.syncthreads()             # every warp's row result is in part[:, :, 32]
+            cuda.syncthreads()             # every warp's row result is in part
             if wy % 2 == 0 and lane < nb and live:
-                v = act(part[lane, wy, 32], ACT) * part[lane, wy + 1, 32]
+                v = act(part[lane, wy], ACT) * part[lane, wy + 1]
                 if accumulate:
                     v += y[lane, row // 2]
                 y[lane, row // 2] = v
@@ -394,7 +411,7 @@ def _make_kernel(kind, NB, NORM, EPI, ACT):
         live = row < rows                  # no early return: all threads reach syncthreads
         vals = cuda.local.array(16, float32)
         acc = cuda.local.array(NB, float32)
-        part = cuda.shared.array((NB, WARPS, 33), float32)
+        part = cuda.shared.array((NB, WARPS), float32)
         for b in range(NB):
             acc[b] = float32(0.0)
         if NORM:

@@ -349,7 +349,7 @@ def _make_kernel(kind, NB, EPI, ACT):
         nb = xq.shape[0]
         live = row < rows                  # no early return: all threads reach the epilogue's barriers
         acc = cuda.local.array(NB, float32)
-        part = cuda.shared.array((NB, WARPS, 33), float32)
+        part = cuda.shared.array((NB, WARPS), float32)
         if live:
             accumulate(q, s, row, lane, xq, xd, xs, nunits, nb, acc)
         else:
@@ -362,6 +362,7 @@ def _make_kernel(kind, NB, EPI, ACT):
 
 def _make_rope_kernel(kind, NB):
     accumulate = _make_accumulate(kind, NB)
+    row_sum = gemv.make_row_sum(NB)
 
     @cuda.jit
     def gemvq_rope_kernel(q, s, xq, xd, xs, yq, kc, vc, bias, has_bias, nunits, rows, n1, n2, D,
@@ -375,23 +376,18 @@ def _make_rope_kernel(kind, NB):
         nb = xq.shape[0]
         live = row < rows
         acc = cuda.local.array(NB, float32)
-        part = cuda.shared.array((NB, WARPS, 33), float32)
+        part = cuda.shared.array((NB, WARPS), float32)
         if live:
             accumulate(q, s, row, lane, xq, xd, xs, nunits, nb, acc)
         else:
             for b in range(NB):
                 acc[b] = float32(0.0)
-        for b in range(NB):
-            part[b, wy, lane] = acc[b]
-        cuda.syncthreads()
+        v = row_sum(acc, lane, wy)
         if lane < nb:
-            v = float32(0.0)
-            for k in range(32):
-                v += part[lane, wy, k]
             if has_bias and live:
                 v += bias[0, row]
-            part[lane, wy, 32] = v         # column 32 is free: the warp's row result
-        cuda.syncthreads()                 # every warp's row result is in part[:, :, 32]
+            part[lane, wy] = v         # the warp's row result, for its neighbour
+        cuda.syncthreads()                 # every warp's row result is in part
         if lane < nb and live:
             b = lane
             p = pos[b]
@@ -399,7 +395,7 @@ def _make_rope_kernel(kind, NB):
             stored = 0 <= st < kc.shape[0] // C and 0 <= p < C
             if row >= n1 + n2:             # a v row: to the cache as it is
                 if stored:
-                    vc[st * C + p, row - n1 - n2] = part[b, wy, 32]
+                    vc[st * C + p, row - n1 - n2] = part[b, wy]
             elif wy % 2 == 0:              # rows (row, row + 1) are pair i of a q or k head: rope.py's angle
                 r = row if row < n1 else row - n1
                 i = (r % D) // 2
@@ -409,8 +405,8 @@ def _make_rope_kernel(kind, NB):
                 ang = float(p) * inv_freq
                 c = float32(math.cos(ang))
                 sn = float32(math.sin(ang))
-                a = part[b, wy, 32]
-                a1 = part[b, wy + 1, 32]
+                a = part[b, wy]
+                a1 = part[b, wy + 1]
                 o0 = a * c - a1 * sn
                 o1 = a * sn + a1 * c
                 if row < n1:
