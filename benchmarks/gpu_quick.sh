@@ -10,7 +10,10 @@
 # whose decode step is profiled per kernel, default Q8_0), GEMV (empty: skip benchmarks/gemv.py),
 # MMA (default "0"; "0 1": the engine timed without and with LLCUDA_MMA, the tensor-core prefill / B > 8),
 # GEMM (non-empty: benchmarks/gemm.py, FP32 gemm vs gemmq per matrix at 32 and 512 tokens),
-# NCU (a kernel-name regex, e.g. attention: Nsight Compute sections for its first launches).
+# NCU (a kernel-name regex, e.g. attention: Nsight Compute sections for its first launches),
+# LINKED_AB (non-empty: B = 1 decode of these types again with LLCUDA_LINKED_INTRIN=1, the linked
+# CUDA C helpers instead of inline PTX). First a smoke check of the inline-PTX intrinsics: if they
+# fail to build or compute, the rest runs with LLCUDA_LINKED_INTRIN=1 LLCUDA_MMA=0 (and says so).
 set -uo pipefail
 R=${R:-/tmp/gr}
 M=${M:-/tmp/models}
@@ -28,6 +31,29 @@ part() {                         # part NAME LIMIT_S CMD...
     tail -n "${TAIL:-12}" "$R/$name.txt"
 }
 nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv,noheader | tee "$R/card.txt"
+python3 - <<'PY' 2>&1 | tee "$R/versions.txt"
+import numba, numba_cuda
+from numba.cuda.cudadrv.driver import _have_nvjitlink
+print("numba", numba.__version__, "numba-cuda", getattr(numba_cuda, "__version__", "?"), "nvJitLink", _have_nvjitlink())
+PY
+if ! timeout 120 python3 - > "$R/smoke.txt" 2>&1 <<'PY'
+import numpy as np
+from llcuda_mpi.kernels import intrin
+rng = np.random.default_rng(1)
+A, B = rng.integers(-128, 128, (16, 32)).astype(np.int8), rng.integers(-128, 128, (32, 8)).astype(np.int8)
+assert (intrin.mma_s8_check(A, B) == A.astype(np.int32) @ B.astype(np.int32)).all(), "mma_s8"
+A, B = rng.standard_normal((16, 16)).astype(np.float16), rng.standard_normal((16, 8)).astype(np.float32)
+want = A.astype(np.float64) @ B.astype(np.float16).astype(np.float64) + 1
+assert np.allclose(intrin.mma_f16_check(A, B), want, rtol=1e-3, atol=1e-3), "mma_f16"
+print("inline PTX intrinsics: ok")
+PY
+then
+    echo "SMOKE FAILED: the inline-PTX intrinsics; continuing with LLCUDA_LINKED_INTRIN=1 LLCUDA_MMA=0"
+    tail -n 20 "$R/smoke.txt"
+    export LLCUDA_LINKED_INTRIN=1
+    MMA=0
+fi
+cat "$R/smoke.txt"
 build=""
 if [ -n "${LCPP-1}" ] && [ ! -x "$LCPP_DIR/build/bin/llama-bench" ]; then
     timeout 420 bash benchmarks/llamacpp_gpu.sh build > "$R/lcpp-build.txt" 2>&1 &
@@ -67,5 +93,9 @@ for r in $ROUTES; do
             --model-dir "$M" --json "$R/engine-$sfx.json"
     done
 done
+if [ -n "${LINKED_AB-}" ]; then
+    part engine-linked 120 env LLCUDA_LINKED_INTRIN=1 python3 benchmarks/engine.py --quants "$(echo $LINKED_AB | tr ' ' ,)" \
+        --batches 1 --steps 24 --prefill 0 --model-dir "$M" --json "$R/engine-linked.json"
+fi
 [ -n "${LCPP-1}" ] && TAIL=40 part llamacpp 150 env QUANTS="$QUANTS" bash benchmarks/llamacpp_gpu.sh bench "$M"
 echo "[$((SECONDS - t0)) s] done"
