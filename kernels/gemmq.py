@@ -36,6 +36,9 @@ SPLITS = tuple(k for k in (1, 2, 4, 8) if k <= NW)
 LO = 0xFFFFFFFF
 NIB = 0x0F0F0F0F
 FILL = 128                          # whole-K blocks that keep an H100 / H200 (132 SMs) busy
+# registers capped at 128: two blocks per SM; ptxas sm_90 spills nothing there (uncapped: 152 whole-K,
+# 212 split: one block, 8 warps per SM). The simulator's jit takes no such option.
+JIT = {} if SIM else {"max_registers": 128}
 
 
 @cuda.jit(device=True)
@@ -134,7 +137,7 @@ def _make_kernel(kind, KS, EPI, ACT):
 
     tile = tile_f16 if F16 else tile_s8
 
-    @cuda.jit
+    @cuda.jit(**JIT)
     def gemmq_kernel(q, s, xq, xd, y, y2, y3, bias, has_bias, accumulate, nblocks, rows, n1, n2):
         tx = cuda.threadIdx.x
         lane = tx % 32
