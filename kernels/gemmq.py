@@ -11,9 +11,9 @@ dp4a dot products this replaces for more than gemv.MAX_B tokens), in another ord
 Block: NW warps (8 on a GPU), 32 tokens (four 16 x 8 tiles per warp). The warps split the block's
 work KS ways along K and NW / KS ways along rows (16 rows each): few rows or tokens (batched
 decode: a 2048-row matrix and 32 tokens) take KS = NW, so that a matrix still spreads over every
-SM and each warp's chain of dependent loads is NW times shorter; there each warp does two
-32-column blocks per pass (both blocks' loads in flight together). Prefill takes KS = 1, one
-block per pass (fewer registers: more resident warps hide the latency instead). The K groups' partial
+SM and each warp's chain of dependent loads is NW times shorter; prefill takes KS = 1. A pass
+issues all its loads (clamped indices, no branches) before its four MMAs, and the next pass's
+weight loads before this pass's x loads. The K groups' partial
 tiles meet in shared memory, summed in a fixed order (deterministic), and the epilogue is gemv's
 forms: bias, residual accumulate, split QKV outputs, SwiGLU over interleaved gate/up rows.
 Fragments are loaded straight from the packed words (a lane's four A bytes are one half of a
@@ -36,8 +36,8 @@ SPLITS = tuple(k for k in (1, 2, 4, 8) if k <= NW)
 LO = 0xFFFFFFFF
 NIB = 0x0F0F0F0F
 FILL = 128                          # whole-K blocks that keep an H100 / H200 (132 SMs) busy
-# registers capped at 128: two blocks per SM; ptxas sm_90 spills nothing there (uncapped: 152 whole-K,
-# 212 split: one block, 8 warps per SM). The simulator's jit takes no such option.
+# registers capped at 128: two 256-thread blocks per SM (uncapped, ptxas sm_90 takes 140-147: one
+# block, 8 warps per SM); at 128 it spills at most 8 bytes. The simulator's jit takes no such option.
 JIT = {} if SIM else {"max_registers": 128}
 
 
@@ -78,62 +78,74 @@ def _make_kernel(kind, KS, EPI, ACT):
 
     @cuda.jit(device=True)
     def load_a(q, s, ra, rb, kb, t, rows, nblocks):
-        """Row ra's and rb's fragments and scales of block kb (zeros past the matrix)."""
-        a0 = int32(0)
-        a1 = int32(0)
-        a2 = int32(0)
-        a3 = int32(0)
-        da = float32(0.0)
-        db = float32(0.0)
-        if kb < nblocks:
-            if ra < rows:
-                a0, a2 = frag(q, ra, kb, t)
-                if not F16:
-                    da = h2f(int32(s[ra, kb]))
-            if rb < rows:
-                a1, a3 = frag(q, rb, kb, t)
-                if not F16:
-                    db = h2f(int32(s[rb, kb]))
-        return a0, a1, a2, a3, da, db
+        """Row ra's and rb's fragments and scales of block kb (zeros past the matrix). The loads are
+        unconditional (indices clamped into the matrix, the values zeroed after): no branch keeps
+        the compiler from issuing every load of a pass before its first MMA."""
+        kc = min(kb, nblocks - 1)
+        rac = min(ra, rows - 1)
+        rbc = min(rb, rows - 1)
+        a0, a2 = frag(q, rac, kc, t)
+        a1, a3 = frag(q, rbc, kc, t)
+        da = float32(1.0)
+        db = float32(1.0)
+        if not F16:
+            da = h2f(int32(s[rac, kc]))
+            db = h2f(int32(s[rbc, kc]))
+        oka = kb < nblocks and ra < rows
+        okb = kb < nblocks and rb < rows
+        z = int32(0)
+        return (a0 if oka else z, a1 if okb else z, a2 if oka else z, a3 if okb else z,
+                da if oka else float32(0.0), db if okb else float32(0.0))
 
     @cuda.jit(device=True)
     def tile_f16(sh, tx, acc, a, x, unused, kb, n0, g, t, T, nblocks):
         """F16: the four 16 x 8 tiles of columns 16kb..16kb+15, x rounded to half as it is loaded,
-        accumulated in the MMA itself (no scales)."""
+        accumulated in the MMA itself (no scales). All x loads first (clamped, unconditional)."""
         a0, a1, a2, a3, da, db = a
-        live = kb < nblocks
-        c = 16 * kb + 2 * t
+        c = 16 * min(kb, nblocks - 1) + 2 * t
+        bf = cuda.local.array(8, int32)
         for j in range(4):
             n = n0 + 8 * j + g
-            b0 = int32(0)
-            b1 = int32(0)
-            if live and n < T:
-                b0 = f2h2(x[n, c], x[n, c + 1])
-                b1 = f2h2(x[n, c + 8], x[n, c + 9])
-            r = mma_f16(sh, tx, a0, a1, a2, a3, b0, b1, acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3])
+            nc = min(n, T - 1)
+            ok = kb < nblocks and n < T
+            b0 = f2h2(x[nc, c], x[nc, c + 1])
+            b1 = f2h2(x[nc, c + 8], x[nc, c + 9])
+            bf[2 * j] = b0 if ok else int32(0)
+            bf[2 * j + 1] = b1 if ok else int32(0)
+        for j in range(4):
+            r = mma_f16(sh, tx, a0, a1, a2, a3, bf[2 * j], bf[2 * j + 1],
+                        acc[4 * j], acc[4 * j + 1], acc[4 * j + 2], acc[4 * j + 3])
             for i in range(4):
                 acc[4 * j + i] = r[i]
 
     @cuda.jit(device=True)
     def tile_s8(sh, tx, acc, a, xq, xd, kb, n0, g, t, T, nblocks):
-        """The four 16 x 8 tiles of block kb, added to acc (every lane calls: mma_s8 is warp-wide)."""
+        """The four 16 x 8 tiles of block kb, added to acc (every lane calls: mma_s8 is warp-wide).
+        All x loads first (clamped, unconditional), then the MMAs."""
         a0, a1, a2, a3, da, db = a
+        kc = min(kb, nblocks - 1)
         live = kb < nblocks
+        bf = cuda.local.array(8, int32)
+        xs = cuda.local.array(8, float32)
         for j in range(4):
             n = n0 + 8 * j + g                       # the token whose x this lane brings (B column g)
-            b0 = int32(0)
-            b1 = int32(0)
-            if live and n < T:
-                b0 = half32(xq[n, 4 * kb + t // 2], t % 2)
-                b1 = half32(xq[n, 4 * kb + 2 + t // 2], t % 2)
-            c = mma_s8(sh, tx, a0, a1, a2, a3, b0, b1)
+            nc = min(n, T - 1)
+            w0 = half32(xq[nc, 4 * kc + t // 2], t % 2)
+            w1 = half32(xq[nc, 4 * kc + 2 + t // 2], t % 2)
+            ok = live and n < T
+            bf[2 * j] = w0 if ok else int32(0)
+            bf[2 * j + 1] = w1 if ok else int32(0)
             m = n0 + 8 * j + 2 * t                   # the tokens of this lane's C values: m, m + 1
-            x0 = xd[m, kb] if live and m < T else float32(0.0)
-            x1 = xd[m + 1, kb] if live and m + 1 < T else float32(0.0)
-            acc[4 * j] += da * x0 * float32(c[0])
-            acc[4 * j + 1] += da * x1 * float32(c[1])
-            acc[4 * j + 2] += db * x0 * float32(c[2])
-            acc[4 * j + 3] += db * x1 * float32(c[3])
+            x0 = xd[min(m, T - 1), kc]
+            x1 = xd[min(m + 1, T - 1), kc]
+            xs[2 * j] = x0 if live and m < T else float32(0.0)
+            xs[2 * j + 1] = x1 if live and m + 1 < T else float32(0.0)
+        for j in range(4):
+            c = mma_s8(sh, tx, a0, a1, a2, a3, bf[2 * j], bf[2 * j + 1])
+            acc[4 * j] += da * xs[2 * j] * float32(c[0])
+            acc[4 * j + 1] += da * xs[2 * j + 1] * float32(c[1])
+            acc[4 * j + 2] += db * xs[2 * j] * float32(c[2])
+            acc[4 * j + 3] += db * xs[2 * j + 1] * float32(c[3])
 
     tile = tile_f16 if F16 else tile_s8
 
@@ -157,17 +169,12 @@ def _make_kernel(kind, KS, EPI, ACT):
         for i in range(16):
             acc[i] = float32(0.0)
         per = (nblocks + KS - 1) // KS               # passes of every warp (the same count: mma_s8 is
-        if KS > 1:                                   # warp-wide and the simulator's is block-wide)
-            for i in range(0, per, 2):               # split K (few warps in all): two blocks' loads in flight
-                kb = kg + KS * i
-                a = load_a(q, s, ra, rb, kb, t, rows, nblocks)
-                b = load_a(q, s, ra, rb, kb + KS, t, rows, nblocks)
-                tile(sh, tx, acc, a, xq, xd, kb, n0, g, t, T, nblocks)
-                tile(sh, tx, acc, b, xq, xd, kb + KS, n0, g, t, T, nblocks)
-        else:                                        # whole K (many warps): fewer registers, more warps
-            for kb in range(nblocks):
-                a = load_a(q, s, ra, rb, kb, t, rows, nblocks)
-                tile(sh, tx, acc, a, xq, xd, kb, n0, g, t, T, nblocks)
+        a = load_a(q, s, ra, rb, kg, t, rows, nblocks)   # warp-wide and the simulator's is block-wide)
+        for i in range(per):                         # block kg + KS * i, the next pass's A loads in flight
+            kb = kg + KS * i
+            an = load_a(q, s, ra, rb, kb + KS, t, rows, nblocks)
+            tile(sh, tx, acc, a, xq, xd, kb, n0, g, t, T, nblocks)
+            a = an
         for j in range(4):                           # partial tiles -> shared: K group kg's rows
             for i in range(4):
                 part[kg * BM + 16 * rg + g + 8 * (i // 2), 8 * j + 2 * t + i % 2] = acc[4 * j + i]
