@@ -5,6 +5,7 @@ in one CUDA graph (benchmarks/gemv.py's timer).
     python benchmarks/gemm.py [--types Q8_0,Q4_0] [--tokens 32,512] [--reps 20] [--splits]
 
 us per launch and TFLOP/s (2 * T * rows * cols / time); gemmq's time includes its quantize_x launch
+(not for F16: x is rounded to half inside gemmq)
 (ks: the K split gemmq.k_splits chose). --splits: gemmq's time at every K split too (us).
 """
 
@@ -44,10 +45,14 @@ def main():
                     s = gemvq.scratch(T, cols, cuda.device_array)
 
                     def both(st, ks=None):
+                        if p.kind == "F16":                  # x itself, rounded to half in the kernel
+                            gemmq.gemmq_cuda(p, x, y, stream=st, ks=ks)
+                            return
                         gemvq.quantize_x_cuda(x, s, stream=st)
                         gemmq.gemmq_cuda(p, s, y, stream=st, ks=ks)
                     t_q = graph_time(both, a.reps)
-                    line += f" {t_q * 1e6:9.1f} {flop / t_q / 1e12:6.1f} {gemmq.k_splits(rows, T, cols // 32):3}"
+                    nblocks = cols // (16 if p.kind == "F16" else 32)
+                    line += f" {t_q * 1e6:9.1f} {flop / t_q / 1e12:6.1f} {gemmq.k_splits(rows, T, nblocks):3}"
                     for ks in gemmq.SPLITS if a.splits else ():
                         line += f" {graph_time(lambda st: both(st, ks), a.reps) * 1e6:7.1f}"
                 print(line, flush=True)

@@ -6,8 +6,9 @@
 #
 # QUANTS (default "Q8_0 Q4_0 Q4_K_M F16"), BATCHES (default 1,8), PREFILL (prompt length, default 0: none),
 # ROUTES (default "0 1": LLCUDA_INT8_X off, on), LCPP (empty: no llama.cpp build / bench),
-# TESTS (pytest arguments for the first part; default: the int8 route's GPU tests), PROFILE (types
-# whose decode step is profiled per kernel, default Q8_0), GEMV (empty: skip benchmarks/gemv.py),
+# TESTS (pytest arguments for the first part; default: the int8 route's GPU tests; TESTS2: a second
+# pytest part), PROFILE (types whose decode step is profiled per kernel, default Q8_0; an item
+# QUANT:--batch=32 or QUANT:--prefill=512 passes that option), GEMV (empty: skip benchmarks/gemv.py),
 # MMA (default "0"; "0 1": the engine timed without and with LLCUDA_MMA, the tensor-core prefill / B > 8),
 # GEMM (non-empty: benchmarks/gemm.py, FP32 gemm vs gemmq per matrix at 32 and 512 tokens),
 # NCU (a kernel-name regex, e.g. attention: Nsight Compute sections for its first launches),
@@ -66,11 +67,13 @@ for q in $QUANTS; do
 done
 TESTS=${TESTS:-tests/gpu/test_gemvq_gpu.py tests/gpu/test_engine_gpu.py -k "dp4a or h2f or mma or gemvq or int8"}
 eval "part tests-new ${TESTS_LIMIT:-200} python3 -m pytest -q -p no:cacheprovider $TESTS"
+[ -n "${TESTS2-}" ] && eval "part tests-more ${TESTS2_LIMIT:-100} python3 -m pytest -q -p no:cacheprovider $TESTS2"
 [ -n "${GEMV-1}" ] && part gemv 90 python3 benchmarks/gemv.py --types F16,Q8_0,Q4_0,Q4_K --batches 1,4
-[ -n "${GEMM-}" ] && part gemm 120 python3 benchmarks/gemm.py --types Q8_0,Q4_0 --tokens 32,512
+[ -n "${GEMM-}" ] && part gemm 120 python3 benchmarks/gemm.py --types ${GEMM_TYPES:-Q8_0,Q4_0} --tokens 32,512
 [ ${#pids[@]} -gt 0 ] && wait "${pids[@]}"
-for q in ${PROFILE:-Q8_0}; do
-    TAIL=14 part "profile-$q" 60 python3 benchmarks/profile_step.py --quant "$q" --model-dir "$M"
+for item in ${PROFILE:-Q8_0}; do                 # QUANT or QUANT:--batch=32 / QUANT:--prefill=512
+    q=${item%%:*}; args=""; [ "$item" != "$q" ] && args=${item#*:}
+    TAIL=14 part "profile-$q${args//[^0-9a-z]/}" 60 python3 benchmarks/profile_step.py --quant "$q" $args --model-dir "$M"
 done
 # NCU=regex: Nsight Compute on the first launches of the kernels whose names match (when ncu is there)
 if [ -n "${NCU-}" ]; then
