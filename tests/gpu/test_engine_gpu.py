@@ -93,3 +93,29 @@ def test_mma_prefill_route(model, quant, monkeypatch):
     assert any(k[0] == "mma" for k in ops.scratch), "the tensor-core route was not taken"
     want = prompt_logits(m, CpuOps(), tokens)
     assert np.abs(got - want).max() <= 0.03 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("quant", ["Q8_0", "F16"])
+def test_batched_decode_over_eight(model, quant, monkeypatch):
+    # 12 sequences decoding together: the > 8-row decode routes (gemmq, the GQA-group attention)
+    # give the same tokens replayed from captured graphs as run eagerly
+    from llcuda_mpi.kernels import attention_gqa
+    calls = []
+    run = attention_gqa.attention_gqa_cuda
+    monkeypatch.setattr(attention_gqa, "attention_gqa_cuda", lambda *a, **k: calls.append(1) or run(*a, **k))
+    m = model("llama", quant)
+
+    def generate(ops):
+        engine = Engine(m, ops, EngineConfig(n_slots=12, n_ctx=64, prefill_chunk=64))
+        for i in range(12):
+            p = [t % m.config.n_vocab for t in PROMPT[i % 5: i % 5 + 3]]
+            engine.submit(Request(i, prompt_tokens=p, max_tokens=6, ignore_eos=True))
+        done = {}
+        while engine.busy():
+            done.update({e.request_id: e for e in engine.step() if isinstance(e, Completion)})
+        return [done[i].token_ids for i in range(12)]
+
+    graph_ops = CudaOps(graphs=True)
+    graph = generate(graph_ops)
+    assert calls and graph_ops.graphs, "the batched decode route was not taken"
+    assert graph == generate(CudaOps(graphs=False))
