@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from llcuda_mpi.engine.ops import DoesNotFit, _Ops
-from llcuda_mpi.kernels import attention, attention_gqa, attention_tiled, fused, gemm, gemmq, gemv, gemvq, matvec, sampling
+from llcuda_mpi.kernels import attention, attention_tiled, fused, gemm, gemmq, gemv, gemvq, matvec, sampling
 
 
 class StepIO:
@@ -101,9 +101,6 @@ class CudaOps(_Ops):
         # mixed with decode tokens) take the tiled attention (kernels/attention_tiled.py): keys and
         # values read once per block of query rows. LLCUDA_TILED_ATTN=0: the per-token kernel.
         self.tiled_attn = os.environ.get("LLCUDA_TILED_ATTN", "1") != "0"
-        # decode batches of more than gemv.MAX_B tokens: attention by GQA group (kernels/attention_gqa.py,
-        # a block per token and KV head, a warp per query head). LLCUDA_GQA_ATTN=0: the per-head kernel.
-        self.gqa_attn = os.environ.get("LLCUDA_GQA_ATTN", "1") != "0"
         self.decode_step = False                       # set by step(): T == B (one token per sequence)
         self.scratch = {}                              # (B, cols) -> gemvq.Scratch (x quantised)
         self.retired = []                              # scratches outgrown (kept alive for captured graphs)
@@ -229,10 +226,6 @@ class CudaOps(_Ops):
             self.launches += 1
             attention_tiled.attention_tiled_cuda(q, k_cache, v_cache, slot, pos, scale, out, window=window,
                                                  **self.kw)
-            return
-        if self.gqa_attn and T > gemv.MAX_B and self.decode_step and D <= attention_gqa.HD_MAX and D % 2 == 0:
-            self.launches += 1
-            attention_gqa.attention_gqa_cuda(q, k_cache, v_cache, slot, pos, scale, out, window=window, **self.kw)
             return
         super().attention(q, k_cache, v_cache, slot, pos, out, scale, window)
 

@@ -97,12 +97,12 @@ def test_mma_prefill_route(model, quant, monkeypatch):
 
 @pytest.mark.parametrize("quant", ["Q8_0", "F16"])
 def test_batched_decode_over_eight(model, quant, monkeypatch):
-    # 12 sequences decoding together: the > 8-row decode routes (gemmq, the GQA-group attention)
-    # give the same tokens replayed from captured graphs as run eagerly
-    from llcuda_mpi.kernels import attention_gqa
+    # 12 sequences decoding together: the > 8-row decode routes (gemmq, the split-K grids) give the
+    # same tokens replayed from captured graphs as run eagerly
+    from llcuda_mpi.kernels import gemmq
     calls = []
-    run = attention_gqa.attention_gqa_cuda
-    monkeypatch.setattr(attention_gqa, "attention_gqa_cuda", lambda *a, **k: calls.append(1) or run(*a, **k))
+    run = gemmq.gemmq_cuda
+    monkeypatch.setattr(gemmq, "gemmq_cuda", lambda p, *a, **k: calls.append(p.kind) or run(p, *a, **k))
     m = model("llama", quant)
 
     def generate(ops):
@@ -117,5 +117,5 @@ def test_batched_decode_over_eight(model, quant, monkeypatch):
 
     graph_ops = CudaOps(graphs=True)
     graph = generate(graph_ops)
-    assert calls and graph_ops.graphs, "the batched decode route was not taken"
+    assert quant in calls and graph_ops.graphs, "the batched decode route was not taken"
     assert graph == generate(CudaOps(graphs=False))

@@ -33,7 +33,7 @@ class _Device:
 
 _dispatcher.get_current_device = lambda: _Device()
 
-from llcuda_mpi.kernels import attention, attention_gqa, attention_tiled, gemmq, gemv, gemvq, intrin, quant_blocks as qb  # noqa: E402
+from llcuda_mpi.kernels import attention, attention_tiled, gemmq, gemv, gemvq, intrin, quant_blocks as qb  # noqa: E402
 
 
 def _typed(*args):
@@ -120,8 +120,6 @@ def other_cases():
     yield ("attention", attention._attention_kernel.py_func,
            _typed(q, flat, flat, 3, 16, 4, idx, idx, np.float32(0.125), 0, q, True,
                   np.zeros((2, 64), np.int64), np.zeros((2, 16), np.float32), np.zeros((2, 16), np.float32)))
-    yield ("attention_gqa", attention_gqa._attention_gqa_kernel.py_func,
-           _typed(q, flat, flat, 3, 16, 4, idx, idx, np.float32(0.125), 0, q))
     for D in (64, 128):
         qd = np.zeros((2, 8, D), np.float32)
         fd = np.zeros((3, 16, 4, D), np.float32).reshape(-1)
