@@ -318,11 +318,13 @@ def _make_accumulate(kind, NB):
     unit = UNITS[kind][0]
 
     @cuda.jit(device=True)
-    def accumulate(q, s, row, lane, xq, xd, xs, nunits, nb, acc):
-        """acc[b] = this lane's share of row . x_b: units lane, lane + 32, ...; two per pass (both
-        units' loads in flight together)."""
+    def accumulate(q, s, row, lane, xq, xd, xs, nunits, nb, acc, live):
+        """acc[b] = this lane's share of row . x_b (0 for a row past the matrix): units lane, lane + 32,
+        ...; two per pass (both units' loads in flight together)."""
         for b in range(NB):
             acc[b] = float32(0.0)
+        if not live:
+            return
         u = lane
         while u + 32 < nunits:
             for b in range(NB):
@@ -350,11 +352,7 @@ def _make_kernel(kind, NB, EPI, ACT):
         live = row < rows                  # no early return: all threads reach the epilogue's barriers
         acc = cuda.local.array(NB, float32)
         part = cuda.shared.array((NB, WARPS), float32)
-        if live:
-            accumulate(q, s, row, lane, xq, xd, xs, nunits, nb, acc)
-        else:
-            for b in range(NB):
-                acc[b] = float32(0.0)
+        accumulate(q, s, row, lane, xq, xd, xs, nunits, nb, acc, live)
         finish(part, acc, lane, wy, row, nb, live, y, y2, y3, bias, has_bias, accumulate_y, n1, n2)
 
     return gemvq_kernel
@@ -377,11 +375,7 @@ def _make_rope_kernel(kind, NB):
         live = row < rows
         acc = cuda.local.array(NB, float32)
         part = cuda.shared.array((NB, WARPS), float32)
-        if live:
-            accumulate(q, s, row, lane, xq, xd, xs, nunits, nb, acc)
-        else:
-            for b in range(NB):
-                acc[b] = float32(0.0)
+        accumulate(q, s, row, lane, xq, xd, xs, nunits, nb, acc, live)
         v = row_sum(acc, lane, wy)
         if lane < nb:
             if has_bias and live:

@@ -214,8 +214,12 @@ def mma_s8_check(A, B):
         bf[lane] = [_word(B[4 * t:4 * t + 4, g]), _word(B[16 + 4 * t:20 + 4 * t, g])]
     c = cuda.device_array((32, 4), np.int32)
     _mma_check_kernel[1, 32](cuda.to_device(af), cuda.to_device(bf), c)
-    c = c.copy_to_host()
-    C = np.zeros((16, 8), np.int32)
+    return _tile(c.copy_to_host())
+
+
+def _tile(c):
+    """The 16 x 8 C tile from each lane's four values (c: (32, 4)), as the fragment layout places them."""
+    C = np.zeros((16, 8), c.dtype)
     for lane in range(32):
         g, t = lane // 4, lane % 4
         C[g, 2 * t], C[g, 2 * t + 1], C[g + 8, 2 * t], C[g + 8, 2 * t + 1] = c[lane]
@@ -252,9 +256,4 @@ def mma_f16_check(A, B):
         bx[lane] = [B[2 * t, g], B[2 * t + 1, g], B[8 + 2 * t, g], B[9 + 2 * t, g]]
     c = cuda.device_array((32, 4), np.float32)
     _mma_f16_check_kernel[1, 32](cuda.to_device(af), cuda.to_device(bx), c)
-    c = c.copy_to_host()
-    C = np.zeros((16, 8), np.float32)
-    for lane in range(32):
-        g, t = lane // 4, lane % 4
-        C[g, 2 * t], C[g, 2 * t + 1], C[g + 8, 2 * t], C[g + 8, 2 * t + 1] = c[lane]
-    return C
+    return _tile(c.copy_to_host())
