@@ -9,7 +9,7 @@
 # TESTS (pytest arguments for the first part; default: the int8 route's GPU tests; TESTS2: a second
 # pytest part), PROFILE (types whose decode step is profiled per kernel, default Q8_0; an item
 # QUANT:--batch=32 or QUANT:--prefill=512 passes that option), GEMV (empty: skip benchmarks/gemv.py),
-# MMA (default "0"; "0 1": the engine timed without and with LLCUDA_MMA, the tensor-core prefill / B > 8),
+# MMA (default "1", the engine's default; "0 1": timed without and with LLCUDA_MMA, the tensor-core prefill / B > 8),
 # GEMM (non-empty: benchmarks/gemm.py, FP32 gemm vs gemmq per matrix at 32 and 512 tokens),
 # NCU (a kernel-name regex, e.g. attention: Nsight Compute sections for its first launches),
 # LINKED_AB (non-empty: B = 1 decode of these types again with LLCUDA_LINKED_INTRIN=1, the linked
@@ -89,8 +89,8 @@ fi
 # the timed runs start once the build is done: its 12 compiler processes would slow our host side
 if [ -n "$build" ]; then wait "$build"; tail -n 2 "$R/lcpp-build.txt"; build=""; fi
 for r in $ROUTES; do
-    for mm in ${MMA:-0}; do
-        sfx=int8x$r; [ "$mm" = 1 ] && sfx=$sfx-mma
+    for mm in ${MMA:-1}; do
+        sfx=int8x$r; [ "$mm" = 0 ] && sfx=$sfx-nomma
         part "engine-$sfx" 150 env LLCUDA_INT8_X=$r LLCUDA_MMA=$mm python3 benchmarks/engine.py \
             --quants "$(echo $QUANTS | tr ' ' ,)" --batches "$BATCHES" --steps 24 --prefill "${PREFILL:-0}" \
             --model-dir "$M" --json "$R/engine-$sfx.json"
