@@ -26,7 +26,7 @@ from . import gemv
 from ._common import SIM
 from .intrin import f2h2, h2f, mma_f16, mma_s8
 
-KINDS = ("Q8_0", "Q4_0", "F16")
+KINDS = ("Q8_0", "Q4_0", "F16", "Q4_K")
 NW = 4 if SIM else 8                # warps per block
 TPB = 32 * NW
 BN = 32                             # tokens per block (4 tiles of 8)
@@ -67,12 +67,34 @@ def frag_q4_0(q, row, kb, t):
     return nib_s8(w), nib_s8(w >> 4)
 
 
-FRAGS = {"Q8_0": frag_q8_0, "Q4_0": frag_q4_0, "F16": frag_q8_0}   # F16: 16 halves = 32 bytes, Q8_0's words
+@cuda.jit(device=True)
+def frag_q4_k(q, row, kb, t):
+    """Q4_K sub-block kb (32 columns) of row: 256-column block kb // 8 is 18 words (d, dmin, scales
+    in words 0-1; qs bytes 32c..32c+31 of chunk c in words 2 + 4c..): its low nibbles are sub-block
+    2c, its high nibbles 2c + 1; elements 4t.. and 16+4t.. as int8 0..15."""
+    base = 18 * (kb // 8) + 2 + 4 * ((kb % 8) // 2)
+    sh = 32 * (t % 2) + 4 * (kb % 2)
+    return (int32((q[row, base + t // 2] >> sh) & NIB), int32((q[row, base + 2 + t // 2] >> sh) & NIB))
+
+
+FRAGS = {"Q8_0": frag_q8_0, "Q4_0": frag_q4_0, "F16": frag_q8_0,   # F16: 16 halves = 32 bytes, Q8_0's words
+         "Q4_K": frag_q4_k}
+
+
+@cuda.jit(device=True)
+def k_row_scales(q, row, kb):
+    """(d * scale, dmin * min) of Q4_K sub-block kb of row (value = d * scale * q - dmin * min)."""
+    b = 18 * (kb // 8)
+    d1, m1, d2, m2 = gemv.k_scales(q[row, b], q[row, b + 1], (kb % 8) // 2)
+    if kb % 2 == 0:
+        return d1, m1
+    return d2, m2
 
 
 def _make_kernel(kind, KS, EPI, ACT):
     frag = FRAGS[kind]
     F16 = kind == "F16"
+    Q4K = kind == "Q4_K"
     RW = NW // KS                   # row groups (16 rows each) per block
     BM = 16 * RW
 
@@ -88,20 +110,26 @@ def _make_kernel(kind, KS, EPI, ACT):
         a1, a3 = frag(q, rbc, kc, t)
         da = float32(1.0)
         db = float32(1.0)
-        if not F16:
+        ma = float32(0.0)
+        mb = float32(0.0)
+        if Q4K:                                      # d * scale and dmin * min of the sub-block
+            da, ma = k_row_scales(q, rac, kc)
+            db, mb = k_row_scales(q, rbc, kc)
+        elif not F16:
             da = h2f(int32(s[rac, kc]))
             db = h2f(int32(s[rbc, kc]))
         oka = kb < nblocks and ra < rows
         okb = kb < nblocks and rb < rows
         z = int32(0)
+        f0 = float32(0.0)
         return (a0 if oka else z, a1 if okb else z, a2 if oka else z, a3 if okb else z,
-                da if oka else float32(0.0), db if okb else float32(0.0))
+                da if oka else f0, db if okb else f0, ma if oka else f0, mb if okb else f0)
 
     @cuda.jit(device=True)
-    def tile_f16(sh, tx, acc, a, x, unused, kb, n0, g, t, T, nblocks):
+    def tile_f16(sh, tx, acc, a, x, unused, unused2, kb, n0, g, t, T, nblocks):
         """F16: the four 16 x 8 tiles of columns 16kb..16kb+15, x rounded to half as it is loaded,
         accumulated in the MMA itself (no scales). All x loads first (clamped, unconditional)."""
-        a0, a1, a2, a3, da, db = a
+        a0, a1, a2, a3, da, db, ma, mb = a
         c = 16 * min(kb, nblocks - 1) + 2 * t
         bf = cuda.local.array(8, int32)
         for j in range(4):
@@ -119,14 +147,16 @@ def _make_kernel(kind, KS, EPI, ACT):
                 acc[4 * j + i] = r[i]
 
     @cuda.jit(device=True)
-    def tile_s8(sh, tx, acc, a, xq, xd, kb, n0, g, t, T, nblocks):
+    def tile_s8(sh, tx, acc, a, xq, xd, xsum, kb, n0, g, t, T, nblocks):
         """The four 16 x 8 tiles of block kb, added to acc (every lane calls: mma_s8 is warp-wide).
-        All x loads first (clamped, unconditional), then the MMAs."""
-        a0, a1, a2, a3, da, db = a
+        All x loads first (clamped, unconditional), then the MMAs. Q4_K also subtracts
+        dmin * min * (x's block sum)."""
+        a0, a1, a2, a3, da, db, ma, mb = a
         kc = min(kb, nblocks - 1)
         live = kb < nblocks
         bf = cuda.local.array(8, int32)
         xs = cuda.local.array(8, float32)
+        ss = cuda.local.array(8, float32)
         for j in range(4):
             n = n0 + 8 * j + g                       # the token whose x this lane brings (B column g)
             nc = min(n, T - 1)
@@ -140,17 +170,27 @@ def _make_kernel(kind, KS, EPI, ACT):
             x1 = xd[min(m + 1, T - 1), kc]
             xs[2 * j] = x0 if live and m < T else float32(0.0)
             xs[2 * j + 1] = x1 if live and m + 1 < T else float32(0.0)
+            if Q4K:
+                s0 = xsum[min(m, T - 1), kc]
+                s1 = xsum[min(m + 1, T - 1), kc]
+                ss[2 * j] = s0 if live and m < T else float32(0.0)
+                ss[2 * j + 1] = s1 if live and m + 1 < T else float32(0.0)
         for j in range(4):
             c = mma_s8(sh, tx, a0, a1, a2, a3, bf[2 * j], bf[2 * j + 1])
             acc[4 * j] += da * xs[2 * j] * float32(c[0])
             acc[4 * j + 1] += da * xs[2 * j + 1] * float32(c[1])
             acc[4 * j + 2] += db * xs[2 * j] * float32(c[2])
             acc[4 * j + 3] += db * xs[2 * j + 1] * float32(c[3])
+            if Q4K:
+                acc[4 * j] -= ma * ss[2 * j]
+                acc[4 * j + 1] -= ma * ss[2 * j + 1]
+                acc[4 * j + 2] -= mb * ss[2 * j]
+                acc[4 * j + 3] -= mb * ss[2 * j + 1]
 
     tile = tile_f16 if F16 else tile_s8
 
     @cuda.jit(**JIT)
-    def gemmq_kernel(q, s, xq, xd, y, y2, y3, bias, has_bias, accumulate, nblocks, rows, n1, n2):
+    def gemmq_kernel(q, s, xq, xd, xsum, y, y2, y3, bias, has_bias, accumulate, nblocks, rows, n1, n2):
         tx = cuda.threadIdx.x
         lane = tx % 32
         wp = tx // 32
@@ -173,7 +213,7 @@ def _make_kernel(kind, KS, EPI, ACT):
         for i in range(per):                         # block kg + KS * i, the next pass's A loads in flight
             kb = kg + KS * i
             an = load_a(q, s, ra, rb, kb + KS, t, rows, nblocks)
-            tile(sh, tx, acc, a, xq, xd, kb, n0, g, t, T, nblocks)
+            tile(sh, tx, acc, a, xq, xd, xsum, kb, n0, g, t, T, nblocks)
             a = an
         for j in range(4):                           # partial tiles -> shared: K group kg's rows
             for i in range(4):
@@ -248,9 +288,9 @@ def gemmq_cuda(p, s, ys, bias=None, swiglu=None, accumulate=False, stream=0, ks=
     ys = [gemv._as_2d(y) for y in (ys if isinstance(ys, (list, tuple)) else [ys])]
     if p.kind == "F16":
         x = gemv._as_2d(s)
-        (T, cols), xq, xd, width = x.shape, x, x, 16
+        (T, cols), xq, xd, xsum, width = x.shape, x, x, x, 16
     else:
-        T, cols, xq, xd, width = s.B, s.cols, s.xq, s.xd, 32
+        T, cols, xq, xd, xsum, width = s.B, s.cols, s.xq, s.xd, s.xs, 32
     if cols != p.cols or cols % width or any(y.shape[0] != T for y in ys):
         raise ValueError(f"gemmq: x ({T}, {cols}) / y {[tuple(y.shape) for y in ys]} do not fit the "
                          f"{p.kind} weight {p.rows}x{p.cols}")
@@ -264,5 +304,5 @@ def gemmq_cuda(p, s, ys, bias=None, swiglu=None, accumulate=False, stream=0, ks=
     bm = 16 * (NW // ks)
     grid = ((p.rows + bm - 1) // bm, (T + BN - 1) // BN)
     _kernel(p.kind, ks, epi, code)[grid, TPB, stream](
-        p.q, p.s, xq, xd, y1, y2, y3, b, bias is not None, bool(accumulate), nblocks, p.rows,
+        p.q, p.s, xq, xd, xsum, y1, y2, y3, b, bias is not None, bool(accumulate), nblocks, p.rows,
         ys[0].shape[1], ys[1].shape[1] if len(ys) == 3 else 0)

@@ -97,6 +97,9 @@ class CudaOps(_Ops):
         # (docs/performance.md, round 7). LLCUDA_MMA=0 (or LLCUDA_INT8_X=0: x kept in float32): the
         # FP32 gemm.
         self.mma = self.int8_x and os.environ.get("LLCUDA_MMA", "1") != "0"
+        # Q4_K on the int8 tensor cores too (gemmq's Q4_K kind): simulator-tested, not yet run on a
+        # GPU, so off until it has been (LLCUDA_MMA_K=1 turns it on)
+        self.mma_k = self.mma and os.environ.get("LLCUDA_MMA_K", "0") == "1"
         # steps of more than gemv.MAX_B tokens that are not a decode batch (a prompt, or a prompt chunk
         # mixed with decode tokens) take the tiled attention (kernels/attention_tiled.py): keys and
         # values read once per block of query rows. LLCUDA_TILED_ATTN=0: the per-token kernel.
@@ -158,7 +161,7 @@ class CudaOps(_Ops):
         if self.legacy or hit is None or hit[0] is not lw:
             return None
         p = hit[1].get(name)
-        if T > gemv.MAX_B and not (self.mma and gemmq.supports(p)):
+        if T > gemv.MAX_B and not self._mma_takes(p):
             return None                                # more rows: the parts through the gemm
         return p
 
@@ -277,12 +280,15 @@ class CudaOps(_Ops):
             hit = self.packed[id(w.raw)]
         return hit[1]
 
+    def _mma_takes(self, p):
+        return self.mma and gemmq.supports(p) and (p.kind != "Q4_K" or self.mma_k)
+
     def _gemmq(self, w, x, out, bias, accumulate):
         """x (T > gemv.MAX_B rows) quantised to int8, then the tensor-core matmul: True if taken."""
         if not (self.mma and w.qtype in gemmq.KINDS):
             return False
         p = self._packed(w)
-        if not gemmq.supports(p):
+        if not self._mma_takes(p):
             return False
         self._mma(p, x, None, 0.0, [out], bias=bias, accumulate=accumulate)
         return True

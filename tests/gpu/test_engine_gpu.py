@@ -81,16 +81,22 @@ def test_int8_x_decode_path(model, quant, monkeypatch):
     assert graph_ops.graphs and graph == _generate(m, CudaOps(graphs=False))
 
 
-@pytest.mark.parametrize("quant", ["Q8_0", "Q4_0"])
+@pytest.mark.parametrize("quant", ["Q8_0", "Q4_0", "Q4_K"])
 def test_mma_prefill_route(model, quant, monkeypatch):
     # the default: the 14-token prompt (more than gemv.MAX_B rows) through the int8 tensor cores
+    # (Q4_K: opt-in, LLCUDA_MMA_K=1)
+    from llcuda_mpi.kernels import gemmq
     monkeypatch.setenv("LLCUDA_MMA", "1")
+    monkeypatch.setenv("LLCUDA_MMA_K", "1")
     monkeypatch.setenv("LLCUDA_INT8_X", "1")
+    calls = []
+    run = gemmq.gemmq_cuda
+    monkeypatch.setattr(gemmq, "gemmq_cuda", lambda p, *a, **k: calls.append(p.kind) or run(p, *a, **k))
     m = model("llama", quant)
     tokens = [t % m.config.n_vocab for t in PROMPT]
     ops = CudaOps()
     got = prompt_logits(m, ops, tokens)
-    assert any(k[0] == "mma" for k in ops.scratch), "the tensor-core route was not taken"
+    assert quant in calls, "the tensor-core route was not taken"
     want = prompt_logits(m, CpuOps(), tokens)
     assert np.abs(got - want).max() <= 0.03 * np.abs(want).max()
 

@@ -90,7 +90,7 @@ def test_mma_s8_is_a_matrix_product():
         np.testing.assert_array_equal(intrin.mma_s8_check(A, B), A.astype(np.int32) @ B.astype(np.int32))
 
 
-@pytest.mark.parametrize("name", ["Q8_0", "Q4_0"])
+@pytest.mark.parametrize("name", ["Q8_0", "Q4_0", "Q4_K"])
 @pytest.mark.parametrize("T,ks", [(9, None), (32, 1), (32, 2), (32, 4), (32, 8), (100, None)])
 def test_gemmq_matches_reference(name, T, ks):
     from llcuda_mpi.kernels import gemmq

@@ -93,7 +93,7 @@ def gemv_cases():
 def gemmq_cases():
     """The int8 tensor-core matmul for each type, and the MMA helper's own check kernel."""
     rng = np.random.default_rng(2)
-    rows, cols, T = 70, 64, 40
+    rows, cols, T = 70, 256, 40
     for kind in gemmq.KINDS:
         fmt = qb.format_of(kind)
         p = gemv.pack(rng.integers(0, 255, (rows, qb.row_bytes(fmt.qtype, cols)), dtype=np.uint8), fmt.qtype)
@@ -104,7 +104,7 @@ def gemmq_cases():
             xq, xd, nb = np.zeros((T, cols // 8), np.int64), np.zeros((T, cols // 32), np.float32), cols // 32
         for ks, epi in ((1, gemv.PLAIN), (gemmq.NW, gemv.SPLIT), (gemmq.NW // 2, gemv.SWIGLU)):
             yield (f"gemmq {kind} ks={ks} epi={epi}", gemmq._kernel(kind, ks, epi, gemv.SILU).py_func,
-                   _typed(p.q, p.s, xq, xd, y, y, y, y, True, False, nb, rows, rows, 0))
+                   _typed(p.q, p.s, xq, xd, xd, y, y, y, y, True, False, nb, rows, rows, 0))
     yield ("mma_s8 check", intrin._mma_check_kernel.py_func,
            _typed(np.zeros((32, 4), np.int32), np.zeros((32, 2), np.int32), np.zeros((32, 4), np.int32)))
     yield ("mma_f16 check", intrin._mma_f16_check_kernel.py_func,
