@@ -24,9 +24,9 @@ from numba import cuda, float32, int32
 
 from . import gemv
 from ._common import SIM
-from .intrin import f2h2, h2f, mma_f16, mma_s8
+from .intrin import f2h2, h2f, mma_f16, mma_s8, mma_s8k16
 
-KINDS = ("Q8_0", "Q4_0", "F16", "Q4_K")
+KINDS = ("Q8_0", "Q4_0", "F16", "Q4_K", "Q6_K")
 NW = 4 if SIM else 8                # warps per block
 TPB = 32 * NW
 BN = 32                             # tokens per block (4 tiles of 8)
@@ -77,8 +77,43 @@ def frag_q4_k(q, row, kb, t):
     return (int32((q[row, base + t // 2] >> sh) & NIB), int32((q[row, base + 2 + t // 2] >> sh) & NIB))
 
 
+@cuda.jit(device=True)
+def s6_s8(v):
+    """Four 6-bit quants q (bytes 0..63) -> four int8 q - 32, without cross-byte borrows."""
+    return int32(((((v & 0x3F3F3F3F) | 0x80808080) - 0x20202020) ^ 0x80808080) & LO)
+
+
+@cuda.jit(device=True)
+def frag_q6_k(q, row, kb, t):
+    """Q6_K (packed: 24 words per 256 columns, ql words 0-15, qh words 16-23) columns 32 (kb % 8) ..
+    of block kb // 8 = half h, quadrant qd: its 16-column halves g = 0, 1 (one scale each), elements
+    4t..4t+3 of each as int8 q - 32: ql words 8h + 4 (qd % 2) + 2g + t // 2 (low nibbles for
+    qd < 2, high for qd >= 2), qh words 16 + 4h + 2g + t // 2 (bits 2 qd, 2 qd + 1)."""
+    k = kb // 8
+    h = (kb % 8) // 4
+    qd = kb % 4
+    half = 32 * (t % 2)
+    wl = 24 * k + 8 * h + 4 * (qd % 2) + t // 2
+    wh = 24 * k + 16 + 4 * h + t // 2
+    lo0 = ((q[row, wl] >> half) >> (4 * (qd // 2))) & NIB
+    lo1 = ((q[row, wl + 2] >> half) >> (4 * (qd // 2))) & NIB
+    hi0 = (((q[row, wh] >> half) >> (2 * qd)) & 0x03030303) << 4
+    hi1 = (((q[row, wh + 2] >> half) >> (2 * qd)) & 0x03030303) << 4
+    return s6_s8(lo0 | hi0), s6_s8(lo1 | hi1)
+
+
 FRAGS = {"Q8_0": frag_q8_0, "Q4_0": frag_q4_0, "F16": frag_q8_0,   # F16: 16 halves = 32 bytes, Q8_0's words
-         "Q4_K": frag_q4_k}
+         "Q4_K": frag_q4_k, "Q6_K": frag_q6_k}
+
+
+@cuda.jit(device=True)
+def q6_row_scales(s, row, kb):
+    """(d * scale) of Q6_K columns 32 (kb % 8) .. +15 and +16 .. +31 of block kb // 8 (s: its
+    scales[16] | d bytes, 18 per block)."""
+    b = 18 * (kb // 8)
+    d = h2f(int32(s[row, b + 16]) | (int32(s[row, b + 17]) << 8))
+    i = b + 8 * ((kb % 8) // 4) + 2 * (kb % 4)
+    return d * float32(gemv.i8(int32(s[row, i]))), d * float32(gemv.i8(int32(s[row, i + 1])))
 
 
 @cuda.jit(device=True)
@@ -95,6 +130,7 @@ def _make_kernel(kind, KS, EPI, ACT):
     frag = FRAGS[kind]
     F16 = kind == "F16"
     Q4K = kind == "Q4_K"
+    Q6K = kind == "Q6_K"                             # two 16-column MMAs per block, a scale each
     RW = NW // KS                   # row groups (16 rows each) per block
     BM = 16 * RW
 
@@ -115,6 +151,9 @@ def _make_kernel(kind, KS, EPI, ACT):
         if Q4K:                                      # d * scale and dmin * min of the sub-block
             da, ma = k_row_scales(q, rac, kc)
             db, mb = k_row_scales(q, rbc, kc)
+        elif Q6K:                                    # d * scale of each 16-column half (ma, mb: the second)
+            da, ma = q6_row_scales(s, rac, kc)
+            db, mb = q6_row_scales(s, rbc, kc)
         elif not F16:
             da = h2f(int32(s[rac, kc]))
             db = h2f(int32(s[rbc, kc]))
@@ -176,6 +215,14 @@ def _make_kernel(kind, KS, EPI, ACT):
                 ss[2 * j] = s0 if live and m < T else float32(0.0)
                 ss[2 * j + 1] = s1 if live and m + 1 < T else float32(0.0)
         for j in range(4):
+            if Q6K:                                  # a0 / a1: rows ra / rb, columns 0-15; a2 / a3: 16-31
+                c = mma_s8k16(sh, tx, a0, a1, bf[2 * j])
+                e = mma_s8k16(sh, tx, a2, a3, bf[2 * j + 1])
+                acc[4 * j] += xs[2 * j] * (da * float32(c[0]) + ma * float32(e[0]))
+                acc[4 * j + 1] += xs[2 * j + 1] * (da * float32(c[1]) + ma * float32(e[1]))
+                acc[4 * j + 2] += xs[2 * j] * (db * float32(c[2]) + mb * float32(e[2]))
+                acc[4 * j + 3] += xs[2 * j + 1] * (db * float32(c[3]) + mb * float32(e[3]))
+                continue
             c = mma_s8(sh, tx, a0, a1, a2, a3, bf[2 * j], bf[2 * j + 1])
             acc[4 * j] += da * xs[2 * j] * float32(c[0])
             acc[4 * j + 1] += da * xs[2 * j + 1] * float32(c[1])

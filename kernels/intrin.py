@@ -14,6 +14,8 @@ fragment layouts (g = lane // 4, t = lane % 4; register bytes are consecutive k)
   a0: A[g, 4t..4t+3]   a1: A[g+8, 4t..]   a2: A[g, 16+4t..]   a3: A[g+8, 16+4t..]
   b0: B[4t..4t+3, g]   b1: B[16+4t.., g]
   c0, c1: C[g, 2t], C[g, 2t+1]            c2, c3: C[g+8, 2t], C[g+8, 2t+1]
+mma_s8k16(sh, tx, a0, a1, b0): the m16n8k16 int8 shape (16 columns: a0 = A[g, 4t..4t+3],
+a1 = A[g+8, 4t..], b0 = B[4t..4t+3, g]; C as above), for formats with a scale per 16 columns.
 mma_f16(sh, tx, a0..a3, b0, b1, c0..c3) -> (d0..d3): D (16 x 8, float32) = A (16 x 16, f16)
 . B (16 x 8, f16) + C, m16n8k16: the same register positions with two halves per register
 (a0: A[g, 2t..2t+1], a2: A[g, 8+2t..], b0: B[2t..2t+1, g], b1: B[8+2t.., g]); f2h2(lo, hi)
@@ -70,6 +72,26 @@ if config.ENABLE_CUDASIM:
 
         g, t = lane // 4, lane % 4
         c = [sum(a_at(row, k) * b_at(k, col) for k in range(32))
+             for row, col in ((g, 2 * t), (g, 2 * t + 1), (g + 8, 2 * t), (g + 8, 2 * t + 1))]
+        cuda.syncthreads()                       # every lane has read sh
+        return int32(c[0]), int32(c[1]), int32(c[2]), int32(c[3])
+
+    @cuda.jit(device=True)
+    def mma_s8k16(sh, tx, a0, a1, b0):
+        lane = tx % 32
+        base = tx - lane
+        for i, v in enumerate((a0, a1, b0)):
+            sh[tx, i] = v
+        cuda.syncthreads()                       # the warp's fragments are in sh
+
+        def a_at(row, k):                        # A[row, k]: byte k % 4 of register row // 8 of lane 4 (row % 8) + k // 4
+            return _byte(sh[base + 4 * (row % 8) + k // 4, row // 8], k % 4)
+
+        def b_at(k, col):
+            return _byte(sh[base + 4 * col + k // 4, 2], k % 4)
+
+        g, t = lane // 4, lane % 4
+        c = [sum(a_at(row, k) * b_at(k, col) for k in range(16))
              for row, col in ((g, 2 * t), (g, 2 * t + 1), (g + 8, 2 * t), (g + 8, 2 * t + 1))]
         cuda.syncthreads()                       # every lane has read sh
         return int32(c[0]), int32(c[1]), int32(c[2]), int32(c[3])
@@ -147,6 +169,22 @@ else:
     @cuda.jit(device=True)
     def mma_s8(sh, tx, a0, a1, a2, a3, b0, b1):
         return _mma(a0, a1, a2, a3, b0, b1)
+
+    @intrinsic
+    def _mma16(typingctx, a0, a1, b0):
+        def codegen(context, builder, sig, args):
+            out = ir.LiteralStructType([_I32] * 4)
+            fn = ir.InlineAsm(ir.FunctionType(out, [_I32] * 4),
+                              "mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {$0, $1, $2, $3}, "
+                              "{$4, $5}, {$6}, {$7, $7, $7, $7};",
+                              "=r,=r,=r,=r,r,r,r,r", side_effect=True)
+            c = builder.call(fn, _i32_args(context, builder, sig, args) + [ir.Constant(_I32, 0)])
+            return context.make_tuple(builder, sig.return_type, [builder.extract_value(c, i) for i in range(4)])
+        return types.UniTuple(types.int32, 4)(a0, a1, b0), codegen
+
+    @cuda.jit(device=True)
+    def mma_s8k16(sh, tx, a0, a1, b0):
+        return _mma16(a0, a1, b0)
 
     @intrinsic
     def f2h2(typingctx, lo, hi):
@@ -256,4 +294,27 @@ def mma_f16_check(A, B):
         bx[lane] = [B[2 * t, g], B[2 * t + 1, g], B[8 + 2 * t, g], B[9 + 2 * t, g]]
     c = cuda.device_array((32, 4), np.float32)
     _mma_f16_check_kernel[1, 32](cuda.to_device(af), cuda.to_device(bx), c)
+    return _tile(c.copy_to_host())
+
+
+@cuda.jit
+def _mma16_check_kernel(af, bf, c):
+    tx = cuda.threadIdx.x
+    sh = cuda.shared.array((32, 6), int32)
+    r = mma_s8k16(sh, tx, af[tx, 0], af[tx, 1], bf[tx, 0])
+    for i in range(4):
+        c[tx, i] = r[i]
+
+
+def mma_s8k16_check(A, B):
+    """C = A (16 x 16 int8) . B (16 x 8 int8) through mma_s8k16: the instruction (GPU) or its
+    emulation (simulator) against A @ B."""
+    A, B = np.asarray(A, np.int8), np.asarray(B, np.int8)
+    af, bf = np.zeros((32, 2), np.int32), np.zeros((32, 1), np.int32)
+    for lane in range(32):
+        g, t = lane // 4, lane % 4
+        af[lane] = [_word(A[g, 4 * t:4 * t + 4]), _word(A[g + 8, 4 * t:4 * t + 4])]
+        bf[lane] = [_word(B[4 * t:4 * t + 4, g])]
+    c = cuda.device_array((32, 4), np.int32)
+    _mma16_check_kernel[1, 32](cuda.to_device(af), cuda.to_device(bf), c)
     return _tile(c.copy_to_host())

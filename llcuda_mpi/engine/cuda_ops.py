@@ -97,8 +97,8 @@ class CudaOps(_Ops):
         # (docs/performance.md, round 7). LLCUDA_MMA=0 (or LLCUDA_INT8_X=0: x kept in float32): the
         # FP32 gemm.
         self.mma = self.int8_x and os.environ.get("LLCUDA_MMA", "1") != "0"
-        # Q4_K on the int8 tensor cores too (gemmq's Q4_K kind): simulator-tested, not yet run on a
-        # GPU, so off until it has been (LLCUDA_MMA_K=1 turns it on)
+        # Q4_K / Q6_K on the int8 tensor cores too (gemmq's K kinds): simulator-tested, not yet run
+        # on a GPU, so off until they have been (LLCUDA_MMA_K=1 turns them on)
         self.mma_k = self.mma and os.environ.get("LLCUDA_MMA_K", "0") == "1"
         # steps of more than gemv.MAX_B tokens that are not a decode batch (a prompt, or a prompt chunk
         # mixed with decode tokens) take the tiled attention (kernels/attention_tiled.py): keys and
@@ -281,7 +281,7 @@ class CudaOps(_Ops):
         return hit[1]
 
     def _mma_takes(self, p):
-        return self.mma and gemmq.supports(p) and (p.kind != "Q4_K" or self.mma_k)
+        return self.mma and gemmq.supports(p) and (p.kind not in ("Q4_K", "Q6_K") or self.mma_k)
 
     def _gemmq(self, w, x, out, bias, accumulate):
         """x (T > gemv.MAX_B rows) quantised to int8, then the tensor-core matmul: True if taken."""

@@ -81,10 +81,10 @@ def test_int8_x_decode_path(model, quant, monkeypatch):
     assert graph_ops.graphs and graph == _generate(m, CudaOps(graphs=False))
 
 
-@pytest.mark.parametrize("quant", ["Q8_0", "Q4_0", "Q4_K"])
+@pytest.mark.parametrize("quant", ["Q8_0", "Q4_0", "Q4_K", "Q6_K"])
 def test_mma_prefill_route(model, quant, monkeypatch):
     # the default: the 14-token prompt (more than gemv.MAX_B rows) through the int8 tensor cores
-    # (Q4_K: opt-in, LLCUDA_MMA_K=1)
+    # (Q4_K / Q6_K: opt-in, LLCUDA_MMA_K=1)
     from llcuda_mpi.kernels import gemmq
     monkeypatch.setenv("LLCUDA_MMA", "1")
     monkeypatch.setenv("LLCUDA_MMA_K", "1")

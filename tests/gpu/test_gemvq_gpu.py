@@ -90,7 +90,7 @@ def test_mma_s8_is_a_matrix_product():
         np.testing.assert_array_equal(intrin.mma_s8_check(A, B), A.astype(np.int32) @ B.astype(np.int32))
 
 
-@pytest.mark.parametrize("name", ["Q8_0", "Q4_0", "Q4_K"])
+@pytest.mark.parametrize("name", ["Q8_0", "Q4_0", "Q4_K", "Q6_K"])
 @pytest.mark.parametrize("T,ks", [(9, None), (32, 1), (32, 2), (32, 4), (32, 8), (100, None)])
 def test_gemmq_matches_reference(name, T, ks):
     from llcuda_mpi.kernels import gemmq
@@ -106,6 +106,13 @@ def test_gemmq_matches_reference(name, T, ks):
     gemmq.gemmq_cuda(p, s, y, bias=cuda.to_device(bias), accumulate=True, ks=ks)
     want = matvec_ref(raw, name, gemvq.dequantized_x(s)) + bias + 1.0
     np.testing.assert_allclose(y.copy_to_host(), want, atol=1e-3, rtol=1e-4)
+
+
+def test_mma_s8k16_is_a_matrix_product():
+    rng = np.random.default_rng(4)
+    A = rng.integers(-128, 128, (16, 16)).astype(np.int8)
+    B = rng.integers(-128, 128, (16, 8)).astype(np.int8)
+    np.testing.assert_array_equal(intrin.mma_s8k16_check(A, B), A.astype(np.int32) @ B.astype(np.int32))
 
 
 def test_mma_f16_is_a_matrix_product():

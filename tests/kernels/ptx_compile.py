@@ -107,6 +107,8 @@ def gemmq_cases():
                    _typed(p.q, p.s, xq, xd, xd, y, y, y, y, True, False, nb, rows, rows, 0))
     yield ("mma_s8 check", intrin._mma_check_kernel.py_func,
            _typed(np.zeros((32, 4), np.int32), np.zeros((32, 2), np.int32), np.zeros((32, 4), np.int32)))
+    yield ("mma_s8k16 check", intrin._mma16_check_kernel.py_func,
+           _typed(np.zeros((32, 2), np.int32), np.zeros((32, 1), np.int32), np.zeros((32, 4), np.int32)))
     yield ("mma_f16 check", intrin._mma_f16_check_kernel.py_func,
            _typed(np.zeros((32, 4), np.int32), np.zeros((32, 4), np.float32), np.zeros((32, 4), np.float32)))
 

@@ -23,3 +23,9 @@ def test_mma_f16_emulation_is_a_matrix_product(rng):
     B = rng.standard_normal((16, 8)).astype(np.float32)
     want = A.astype(np.float64) @ B.astype(np.float16).astype(np.float64) + 1.0
     np.testing.assert_allclose(intrin.mma_f16_check(A, B), want, rtol=1e-5, atol=1e-5)
+
+
+def test_mma_s8k16_emulation_is_a_matrix_product(rng):
+    A = rng.integers(-128, 128, (16, 16)).astype(np.int8)
+    B = rng.integers(-128, 128, (16, 8)).astype(np.int8)
+    np.testing.assert_array_equal(intrin.mma_s8k16_check(A, B), A.astype(np.int32) @ B.astype(np.int32))
