@@ -154,17 +154,21 @@ else:
             return builder.call(fn, [bits])
         return types.float32(h), codegen
 
-    @intrinsic
-    def _mma(typingctx, a0, a1, a2, a3, b0, b1):
+    def _mma_s32(asm, n):
+        """codegen of an int8 MMA with n int32 fragment operands and C = 0 (operand n): four int32."""
         def codegen(context, builder, sig, args):
             out = ir.LiteralStructType([_I32] * 4)
-            fn = ir.InlineAsm(ir.FunctionType(out, [_I32] * 7),
-                              "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {$0, $1, $2, $3}, "
-                              "{$4, $5, $6, $7}, {$8, $9}, {$10, $10, $10, $10};",
-                              "=r,=r,=r,=r,r,r,r,r,r,r,r", side_effect=True)
+            fn = ir.InlineAsm(ir.FunctionType(out, [_I32] * (n + 1)), asm,
+                              ",".join(["=r"] * 4 + ["r"] * (n + 1)), side_effect=True)
             c = builder.call(fn, _i32_args(context, builder, sig, args) + [ir.Constant(_I32, 0)])
             return context.make_tuple(builder, sig.return_type, [builder.extract_value(c, i) for i in range(4)])
-        return types.UniTuple(types.int32, 4)(a0, a1, a2, a3, b0, b1), codegen
+        return codegen
+
+    @intrinsic
+    def _mma(typingctx, a0, a1, a2, a3, b0, b1):
+        return types.UniTuple(types.int32, 4)(a0, a1, a2, a3, b0, b1), _mma_s32(
+            "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9}, "
+            "{$10, $10, $10, $10};", 6)
 
     @cuda.jit(device=True)
     def mma_s8(sh, tx, a0, a1, a2, a3, b0, b1):
@@ -172,15 +176,8 @@ else:
 
     @intrinsic
     def _mma16(typingctx, a0, a1, b0):
-        def codegen(context, builder, sig, args):
-            out = ir.LiteralStructType([_I32] * 4)
-            fn = ir.InlineAsm(ir.FunctionType(out, [_I32] * 4),
-                              "mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {$0, $1, $2, $3}, "
-                              "{$4, $5}, {$6}, {$7, $7, $7, $7};",
-                              "=r,=r,=r,=r,r,r,r,r", side_effect=True)
-            c = builder.call(fn, _i32_args(context, builder, sig, args) + [ir.Constant(_I32, 0)])
-            return context.make_tuple(builder, sig.return_type, [builder.extract_value(c, i) for i in range(4)])
-        return types.UniTuple(types.int32, 4)(a0, a1, b0), codegen
+        return types.UniTuple(types.int32, 4)(a0, a1, b0), _mma_s32(
+            "mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {$0, $1, $2, $3}, {$4, $5}, {$6}, {$7, $7, $7, $7};", 3)
 
     @cuda.jit(device=True)
     def mma_s8k16(sh, tx, a0, a1, b0):
