@@ -21,8 +21,10 @@ def quantized(x):
 def test_gemmq_matches_reference(name, ks, rng, close):
     # 3 column blocks: with ks = NW some warps have no block at all; rows ragged in the block of
     # rows, 33 tokens: a second, ragged token block. Q4_K / Q6_K: one 256-column block (8 sub-blocks
-    # with their own scale and min; 16 scales, two 16-column MMAs per 32 columns)
-    rows, cols, T = 40, 256 if name in ("Q4_K", "Q6_K") else 96, 33
+    # with their own scale and min; 16 scales, two 16-column MMAs per 32 columns), 9 tokens (the
+    # simulator's time goes with columns x tokens)
+    K = name in ("Q4_K", "Q6_K")
+    rows, cols, T = 40, 256 if K else 96, 9 if K else 33
     raw = random_raw(name, rows, cols, rng)
     p = gemv.to_device(gemv.pack(raw, name), cuda.to_device)
     s = quantized(rng.standard_normal((T, cols)).astype(np.float32))
