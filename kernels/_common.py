@@ -4,12 +4,55 @@ Block sizes shrink on the CUDA simulator (each simulated thread is a Python
 thread): the kernels are the same code, only the grid is smaller.
 """
 
+import sys
+import threading
+
 import numpy as np
 from numba import config, cuda
 
 SIM = bool(config.ENABLE_CUDASIM)
 TPB = 32 if SIM else 256          # threads per block of the row kernels (power of 2)
 TPB_ELT = 32 if SIM else 256      # threads per block of the elementwise kernels
+
+
+def _lock_simulator_shared():
+    """Make the simulator's shared-array allocation atomic.
+
+    The simulator keys a block's shared arrays by the allocating source line and creates one on a
+    line's first call without a lock: threads that reach the line together (after a barrier, say)
+    can each find it missing and go on with private copies, so the block's threads stop sharing
+    memory and a kernel computes garbage now and then (seen: a one-in-a-few-hundred wrong logit in
+    the simulator engine tests). Here lookup and creation happen under one lock; a GPU is untouched.
+    """
+    from numba.core import types
+    from numba.cuda.simulator import kernelapi
+    from numba.np import numpy_support
+
+    shared = kernelapi.FakeCUDAShared
+    if getattr(shared, "_llcuda_locked", False):
+        return
+    plain = shared.array
+    lock = threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        if alignment is not None or shape == 0:
+            return plain(self, shape, dtype, alignment)       # errors / dynamic shared: unchanged
+        caller = sys._getframe(1)
+        key = (caller.f_code.co_filename, caller.f_lineno)
+        if isinstance(dtype, types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        with lock:
+            arr = self._allocations.get(key)
+            if arr is None:
+                arr = self._allocations[key] = np.empty(shape, dtype)
+        return arr
+
+    shared.array = array
+    shared._llcuda_locked = True
+
+
+if SIM:
+    _lock_simulator_shared()
 
 
 def blocks(n, tpb):
