@@ -1,7 +1,7 @@
 """Batched decode and prefill matmul on the tensor cores: y (T, rows) [+]= x (T, cols) @ W.T.
 
-For Q8_0 and Q4_0 weights (`gemv.Packed`) and x quantised by `gemvq.quantize_x_cuda` (32-column
-int8 blocks with a float scale each); F16 weights take the f16 MMA (m16n8k16, float32
+For Q8_0 / Q4_0 (and, opt-in, Q4_K / Q6_K) weights (`gemv.Packed`) and x quantised by
+`gemvq.quantize_x_cuda` (32-column int8 blocks with a float scale each); F16 weights take the f16 MMA (m16n8k16, float32
 accumulators) with x rounded to half as its fragments are loaded (as llama.cpp hands F16
 matmuls to cuBLAS with half activations). Each 32-column block is one `mma.sync.m16n8k32` (int8 x int8
 -> int32, kernels/intrin.py mma_s8) per 16 weight rows x 8 tokens, scaled into float
@@ -282,19 +282,9 @@ def _make_kernel(kind, KS, EPI, ACT):
                         u = float32(0.0)
                         for k in range(KS):
                             u += part[k * BM + r + 1, m]
-                        v = gemv.act(v, ACT) * u
-                        if accumulate:
-                            v += y[tok, row // 2]
-                        y[tok, row // 2] = v
-                elif EPI == gemv.SPLIT and row >= n1:
-                    if row < n1 + n2:
-                        y2[tok, row - n1] = v
-                    else:
-                        y3[tok, row - n1 - n2] = v
+                        gemv.put(y, y2, y3, tok, row // 2, gemv.act(v, ACT) * u, False, accumulate, n1, n2)
                 else:
-                    if accumulate:
-                        v += y[tok, row]
-                    y[tok, row] = v
+                    gemv.put(y, y2, y3, tok, row, v, EPI == gemv.SPLIT, accumulate, n1, n2)
 
     return gemmq_kernel
 

@@ -306,15 +306,30 @@ def act(g, code):
     return float32(0.5) * g * (float32(1.0) + math.tanh(float32(GELU_C) * (g + float32(0.044715) * g * g * g)))
 
 
+@cuda.jit(device=True)
+def put(y, y2, y3, b, row, v, split, accumulate, n1, n2):
+    """Output v of weight row `row` for batch row b, in the epilogue forms: split (fused QKV) rows
+    [0, n1) to y, [n1, n1 + n2) to y2, the rest to y3; otherwise y[b, row] = v (+= with accumulate)."""
+    if split and row >= n1:
+        if row < n1 + n2:
+            y2[b, row - n1] = v
+        else:
+            y3[b, row - n1 - n2] = v
+    else:
+        if accumulate:
+            v += y[b, row]
+        y[b, row] = v
+
+
 def make_row_sum(NB):
-    """row_sum(acc, lane, wy) -> lane b's total of acc[b] over its warp (b < NB; 0 in other lanes).
+    """row_sum(acc, lane, wy, red) -> lane b's total of acc[b] over its warp (b < NB; 0 in other lanes).
 
     Warp shuffles on a GPU (5 steps per batch row, no shared memory round trips); on the simulator
-    the lanes meet in shared memory, summed in lane order. Every thread of the block must call it."""
+    the lanes meet in red (shared, TPBK floats, allocated by the kernel, which the NORM prologue
+    shares), summed in lane order. Every thread of the block must call it."""
 
     @cuda.jit(device=True)
-    def row_sum(acc, lane, wy):
-        red = cuda.shared.array(TPBK, float32)       # the simulator's lane exchange (unused on a GPU)
+    def row_sum(acc, lane, wy, red):
         mine = float32(0.0)
         for b in range(NB):
             t = warp_sum(red, lane + 32 * wy, acc[b])
@@ -326,39 +341,30 @@ def make_row_sum(NB):
 
 
 def make_epilogue(NB, EPI, ACT):
-    """finish(part, acc, ...): the lane partials acc[b] of each warp's row -> y (bias, accumulate, SPLIT, SWIGLU).
+    """finish(part, red, acc, ...): the lane partials acc[b] of each warp's row -> y (bias, accumulate, SPLIT,
+    SWIGLU).
 
-    part: shared (NB, WARPS); lane b of each warp gets batch row b's total (make_row_sum);
+    part: shared (NB, WARPS), red: shared (TPBK) (row_sum's); lane b of each warp gets batch row b's total (make_row_sum);
     SWIGLU pairs the rows of neighbouring warps through part; every thread of the block must call
     it (it synchronises).
     """
     row_sum = make_row_sum(NB)
 
     @cuda.jit(device=True)
-    def finish(part, acc, lane, wy, row, nb, live, y, y2, y3, bias, has_bias, accumulate, n1, n2):
-        v = row_sum(acc, lane, wy)
+    def finish(part, red, acc, lane, wy, row, nb, live, y, y2, y3, bias, has_bias, accumulate, n1, n2):
+        v = row_sum(acc, lane, wy, red)
         if lane < nb:
             if has_bias and live:
                 v += bias[0, row]
             if EPI == SWIGLU:
                 part[lane, wy] = v     # the warp's row result, for its neighbour
             elif live:
-                if EPI == SPLIT and row >= n1:
-                    if row < n1 + n2:
-                        y2[lane, row - n1] = v
-                    else:
-                        y3[lane, row - n1 - n2] = v
-                else:
-                    if accumulate:
-                        v += y[lane, row]
-                    y[lane, row] = v
+                put(y, y2, y3, lane, row, v, EPI == SPLIT, accumulate, n1, n2)
         if EPI == SWIGLU:
             cuda.syncthreads()             # every warp's row result is in part
             if wy % 2 == 0 and lane < nb and live:
-                v = act(part[lane, wy], ACT) * part[lane, wy + 1]
-                if accumulate:
-                    v += y[lane, row // 2]
-                y[lane, row // 2] = v
+                put(y, y2, y3, lane, row // 2, act(part[lane, wy], ACT) * part[lane, wy + 1], False,
+                    accumulate, n1, n2)
 
     return finish
 
@@ -412,12 +418,12 @@ def _make_kernel(kind, NB, NORM, EPI, ACT):
         vals = cuda.local.array(16, float32)
         acc = cuda.local.array(NB, float32)
         part = cuda.shared.array((NB, WARPS), float32)
+        red = cuda.shared.array(TPBK, float32)      # the NORM prologue's and row_sum's (simulator) exchange
         for b in range(NB):
             acc[b] = float32(0.0)
         if NORM:
             # RMSNorm prologue: xs[b] = x[b] * inv_rms(x[b]) * nrm, staged in shared memory
             xs = cuda.shared.array((NB, XC), float32)
-            red = cuda.shared.array(TPBK, float32)
             ncol = x.shape[1]
             for b in range(NB):
                 ss = float32(0.0)
@@ -442,7 +448,7 @@ def _make_kernel(kind, NB, NORM, EPI, ACT):
             dot_rows(q, s, xs, row, lane, nw, nb, vals, acc, live)
         else:
             dot_rows(q, s, x, row, lane, nw, nb, vals, acc, live)
-        finish(part, acc, lane, wy, row, nb, live, y, y2, y3, bias, has_bias, accumulate, n1, n2)
+        finish(part, red, acc, lane, wy, row, nb, live, y, y2, y3, bias, has_bias, accumulate, n1, n2)
 
     return gemv_kernel
 

@@ -37,6 +37,7 @@ KINDS = ("Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K")
 QW = 2 if SIM else 8                   # 32-column blocks (warps) per block of quantize_x
 QTPB = 32 * QW                         # its threads per block
 WARPS = gemv.WARPS                     # rows per block (a plain global: numba needs shared-array shapes as constants)
+TPB = 32 * WARPS                       # its threads
 LO = 0xFFFFFFFF
 NIB = 0x0F0F0F0F
 
@@ -352,8 +353,9 @@ def _make_kernel(kind, NB, EPI, ACT):
         live = row < rows                  # no early return: all threads reach the epilogue's barriers
         acc = cuda.local.array(NB, float32)
         part = cuda.shared.array((NB, WARPS), float32)
+        red = cuda.shared.array(TPB, float32)        # row_sum's lane exchange on the simulator
         accumulate(q, s, row, lane, xq, xd, xs, nunits, nb, acc, live)
-        finish(part, acc, lane, wy, row, nb, live, y, y2, y3, bias, has_bias, accumulate_y, n1, n2)
+        finish(part, red, acc, lane, wy, row, nb, live, y, y2, y3, bias, has_bias, accumulate_y, n1, n2)
 
     return gemvq_kernel
 
@@ -375,8 +377,9 @@ def _make_rope_kernel(kind, NB):
         live = row < rows
         acc = cuda.local.array(NB, float32)
         part = cuda.shared.array((NB, WARPS), float32)
+        red = cuda.shared.array(TPB, float32)        # row_sum's lane exchange on the simulator
         accumulate(q, s, row, lane, xq, xd, xs, nunits, nb, acc, live)
-        v = row_sum(acc, lane, wy)
+        v = row_sum(acc, lane, wy, red)
         if lane < nb:
             if has_bias and live:
                 v += bias[0, row]
