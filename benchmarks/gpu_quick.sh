@@ -10,6 +10,9 @@
 # pytest part), PROFILE (types whose decode step is profiled per kernel, default Q8_0; an item
 # QUANT:--batch=32 or QUANT:--prefill=512 passes that option), GEMV (empty: skip benchmarks/gemv.py),
 # MMA (default "1", the engine's default; "0 1": timed without and with LLCUDA_MMA, the tensor-core prefill / B > 8),
+# MMA_K (default "0"; "0 1": timed without and with LLCUDA_MMA_K, gemmq's opt-in Q4_K / Q6_K kinds),
+# TESTS_LIMIT / TESTS2_LIMIT (seconds for the pytest parts, default 200 / 100: the two big GPU test
+# files in one part need ~300 on a fresh machine),
 # GEMM (non-empty: benchmarks/gemm.py, FP32 gemm vs gemmq per matrix at 32 and 512 tokens),
 # NCU (a kernel-name regex, e.g. attention: Nsight Compute sections for its first launches),
 # LINKED_AB (non-empty: B = 1 decode of these types again with LLCUDA_LINKED_INTRIN=1, the linked
@@ -90,10 +93,12 @@ fi
 if [ -n "$build" ]; then wait "$build"; tail -n 2 "$R/lcpp-build.txt"; build=""; fi
 for r in $ROUTES; do
     for mm in ${MMA:-1}; do
-        sfx=int8x$r; [ "$mm" = 0 ] && sfx=$sfx-nomma
-        part "engine-$sfx" 150 env LLCUDA_INT8_X=$r LLCUDA_MMA=$mm python3 benchmarks/engine.py \
-            --quants "$(echo $QUANTS | tr ' ' ,)" --batches "$BATCHES" --steps 24 --prefill "${PREFILL:-0}" \
-            --model-dir "$M" --json "$R/engine-$sfx.json"
+        for mk in ${MMA_K:-0}; do
+            sfx=int8x$r; [ "$mm" = 0 ] && sfx=$sfx-nomma; [ "$mk" = 1 ] && sfx=$sfx-mmak
+            part "engine-$sfx" 150 env LLCUDA_INT8_X=$r LLCUDA_MMA=$mm LLCUDA_MMA_K=$mk python3 benchmarks/engine.py \
+                --quants "$(echo $QUANTS | tr ' ' ,)" --batches "$BATCHES" --steps 24 --prefill "${PREFILL:-0}" \
+                --model-dir "$M" --json "$R/engine-$sfx.json"
+        done
     done
 done
 if [ -n "${LINKED_AB-}" ]; then

@@ -26,6 +26,10 @@ def add_arguments(parser):
                         help="numba threads on the CPU (default: every core, %(default)s)")
     parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                         help="launch every kernel eagerly (debugging)")
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false",
+                        help="skip the warm-up run (a short prompt and decode steps that load or compile the "
+                             "kernels, and capture the CUDA graphs, before the prompt's clock starts; as "
+                             "llama.cpp warms up): TTFT and the decode rate then include that one-time cost")
 
 
 def _device(choice):
@@ -69,6 +73,11 @@ def run(args):
         engine = build_engine(model, device, 1, args.n_ctx, 128, args.cuda_graphs, args.cpu_threads)
     except (RuntimeError, ValueError) as exc:          # no GPU, does not fit, bad --cpu-threads
         return _fail(exc)
+    warm_s = 0.0
+    if args.warmup:
+        t = time.perf_counter()
+        engine.warm_up()
+        warm_s = time.perf_counter() - t
     request = Request(id=0, prompt=args.prompt, max_tokens=args.max_tokens, ignore_eos=args.ignore_eos,
                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                       stop=args.stop)
@@ -87,6 +96,7 @@ def run(args):
         return 1
     decode_s = done.t_end - done.t_first
     rate = (done.n_output - 1) / decode_s if done.n_output > 1 and decode_s > 0 else float("nan")
-    print(f"[{device}] prompt {done.n_prompt} tokens, TTFT {1e3 * (done.t_first - t0):.1f} ms; "
+    warm = f"warm-up {warm_s:.2f} s; " if args.warmup else "no warm-up; "
+    print(f"[{device}] {warm}prompt {done.n_prompt} tokens, TTFT {1e3 * (done.t_first - t0):.1f} ms; "
           f"{done.n_output} tokens, {rate:.1f} tok/s decode; stop: {done.finish_reason}", file=sys.stderr)
     return 0

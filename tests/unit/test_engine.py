@@ -176,7 +176,27 @@ def test_generate_cli_streams_text(models, capsys, tmp_path):
     assert main(["generate", "--model", str(path), "-p", "Hello", "-n", "5", "--ignore-eos", "--device", "cpu",
                  "--cpu-threads", "1"]) == 0
     out = capsys.readouterr()
-    assert "5 tokens" in out.err and "tok/s decode" in out.err
+    assert "5 tokens" in out.err and "tok/s decode" in out.err and "warm-up" in out.err
+
+
+def test_generate_warms_up_unless_told_not_to(capsys, tmp_path, monkeypatch):
+    # the warm-up leaves the engine as new: the same text with and without it
+    from llcuda_mpi.cli import main
+    from llcuda_mpi.engine.engine import Engine
+    path = tmp_path / "g.gguf"
+    make_tiny_model("llama", path, "F32", seed=4)
+    calls = []
+    warm_up = Engine.warm_up
+    monkeypatch.setattr(Engine, "warm_up", lambda self: calls.append(self) or warm_up(self))
+    argv = ["generate", "--model", str(path), "-p", "Hello", "-n", "6", "--ignore-eos", "--device", "cpu",
+            "--cpu-threads", "1", "--ids"]
+    assert main(argv) == 0
+    warm = capsys.readouterr()
+    assert len(calls) == 1 and "warm-up" in warm.err and "no warm-up" not in warm.err
+    assert main(argv + ["--no-warmup"]) == 0
+    cold = capsys.readouterr()
+    assert len(calls) == 1 and "no warm-up" in cold.err
+    assert warm.out == cold.out and len(warm.out.split()) == 6
 
 
 def test_stop_strings_are_never_streamed(models):
