@@ -21,6 +21,7 @@ its own file only, so a caller must live with its callees to be recompiled when
 they change.
 """
 
+import numba
 import numpy as np
 
 from . import quant_blocks as qb
@@ -28,6 +29,21 @@ from . import rope
 from .matvec_cpu import GELU, NONE, SILU, _norm_matvecs_parallel, _norm_matvecs_serial, parallel_chunk
 
 _CODES = {}        # qtype name -> quant_blocks code
+
+
+def _read_only(a):
+    """a, or a read-only view of it. Numba compiles one machine-code copy per argument type, and
+    an array's writeability is part of its type: the model's mmapped weights are read-only, the
+    stand-ins for absent ones were not, and each mix cost a recompile of every row decoder (~10 s
+    on 2 cores, once per process without the disk cache). Read-only everywhere: one signature."""
+    if a.flags.writeable:
+        a = a.view()
+        a.flags.writeable = False
+    return a
+
+
+_NO_NORM = _read_only(np.zeros(1, np.float32))          # nw when there is no norm (not read)
+_NO_BIAS = _read_only(np.zeros((1, 1), np.float32))     # a bias when there is none (not read)
 
 
 def _code(qtype):
@@ -47,15 +63,19 @@ def norm_matvecs(x, nw, eps, xn, mats, accumulate=False, act=None, hb=None):
         x = np.ascontiguousarray(x)
     args = []
     for qtype, raw, bias, y in mats + mats[-1:] * (3 - n):
-        args += [_code(qtype), raw, y if bias is None else bias.reshape(1, -1), bias is not None, y]
-    chunk = parallel_chunk(sum(m[1].shape[0] for m in mats), sum(m[1].nbytes for m in mats) * x.shape[0])
+        b = _NO_BIAS if bias is None else _read_only(bias.reshape(1, -1))
+        args += [_code(qtype), _read_only(raw), b, bias is not None, y]
     code = NONE if act is None else {"silu": SILU, "gelu": GELU}[act]
-    common = (x, x[0] if nw is None else nw, nw is not None, np.float32(eps), x if xn is None else xn, n,
-              *args, bool(accumulate), code, x if hb is None else hb)
-    if chunk:
-        _norm_matvecs_parallel(*common, chunk)
-    else:
-        _norm_matvecs_serial(*common)
+    call = (x, _NO_NORM if nw is None else _read_only(nw), nw is not None, np.float32(eps), x if xn is None else xn,
+            n, *args, bool(accumulate), code, x if hb is None else hb)
+    if numba.get_num_threads() == 1:
+        _norm_matvecs_serial(*call)
+        return
+    # several threads: every call takes the parallel kernel (a serial twin as well would be a second
+    # compile of every row decoder, ~13 s on a cold start); too little work to split: one chunk per weight
+    rows = max(m[1].shape[0] for m in mats)
+    chunk = parallel_chunk(sum(m[1].shape[0] for m in mats), sum(m[1].nbytes for m in mats) * x.shape[0])
+    _norm_matvecs_parallel(*call, chunk or rows)
 
 
 def rope_kv_store(q, k, v, k_cache, v_cache, slot, pos, base, neox, freq_factors=None):

@@ -766,6 +766,8 @@ def _norm_matvecs_serial(x, nw, use_norm, eps, xn, nmat,
 def _norm_matvecs_parallel(x, nw, use_norm, eps, xn, nmat,
                            qt1, w1, b1, hb1, y1, qt2, w2, b2, hb2, y2, qt3, w3, b3, hb3, y3,
                            accumulate, act, hb, chunk):
+    """kernels/decode_cpu.norm_matvecs: the rows of up to three weights in chunks over numba's
+    threads (a chunk >= every weight's rows: one chunk per weight)."""
     src = x
     if use_norm:
         _rmsnorm_into(x, nw, eps, xn)

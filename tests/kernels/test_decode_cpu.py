@@ -26,9 +26,11 @@ def _plain_matvec(raw, qtype, x, y, bias=None, accumulate=False):
 
 @pytest.mark.parametrize("qtype", ["F32", "F16", "Q8_0", "Q4_K", "Q6_K"])
 @pytest.mark.parametrize("T", [1, 3])
-def test_norm_qkv_equals_plain_ops(qtype, T, threads, rng):
+@pytest.mark.parametrize("rows", [(512, 128, 128), (4096, 512, 512)], ids=["small", "big"])
+def test_norm_qkv_equals_plain_ops(qtype, T, rows, threads, rng):
+    # small: under parallel_chunk's threshold (on 2 threads the parallel kernel, a chunk per weight);
+    # big: split over the threads
     cols = 256
-    rows = (512, 128, 128) if threads == 1 else (4096, 512, 512)   # big enough to be split over threads
     raws = [random_raw(qtype, r, cols, rng) for r in rows]
     biases = [rng.standard_normal(r).astype(np.float32) for r in rows]
     biases[1] = None
@@ -126,3 +128,27 @@ def test_activation_codes_agree():
     # kernels/activations.py's mean
     assert (matvec_cpu.SILU, matvec_cpu.GELU) == (activations.SILU, activations.GELU)
     assert matvec_cpu.NONE not in (activations.SILU, activations.GELU, activations.RELU)
+
+
+def test_one_compiled_signature_for_every_mix_of_arguments(rng):
+    # the weights, norm weights and biases reach the kernels read-only whatever the caller holds
+    # (mmapped model: read-only; no norm / no bias stand-ins and converted tensors: writable); a
+    # writable one would be another full compile of every row decoder (~10 s on a cold start)
+    cols, rows = 64, 32
+    x = rng.standard_normal((1, cols)).astype(np.float32)
+    xb = np.zeros_like(x)
+    raw = random_raw("Q8_0", rows, cols, rng)
+    frozen = raw.copy()
+    frozen.flags.writeable = False
+    nw = rng.standard_normal(cols).astype(np.float32)
+    bias = rng.standard_normal(rows).astype(np.float32)
+    for w in (raw, frozen):
+        for norm_w in (None, nw):
+            for b in (None, bias):
+                decode_cpu.norm_matvecs(x, norm_w, 1e-5, xb, [("Q8_0", w, b, np.zeros((1, rows), np.float32))])
+    read_only = (1, 7, 8, 12, 13, 17, 18)      # nw, then (w, bias) of each of the three weights
+    kernels = (matvec_cpu._norm_matvecs_serial, matvec_cpu._norm_matvecs_parallel)
+    sigs = [sig for k in kernels for sig in k.signatures]
+    assert sigs
+    for sig in sigs:
+        assert all(not sig[i].mutable for i in read_only), sig
