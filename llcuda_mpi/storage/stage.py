@@ -234,7 +234,7 @@ def run(args, comm=None) -> int:
             report["error"] = str(exc)
 
     # 4. every rank checks what its node now holds (after every writer is done: stores may be shared)
-    world.Barrier()
+    mpi.quiet_barrier(world)
     try:
         mine = Store(root)
         report["visible"] = os.path.exists(mine.blob_path(src["digest"])) and mine.stamp_ok(src["digest"])

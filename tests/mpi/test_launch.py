@@ -39,6 +39,31 @@ def test_uncaught_exception_aborts_the_whole_job_within_seconds():
     assert "[rank 1] ValueError: boom from rank 1" in p.stderr, explain(p)
 
 
+QUIET_SCRIPT = """
+import time
+from llcuda_mpi import mpi
+ctx = mpi.init()
+for name, wait in (("quiet", lambda: mpi.quiet_barrier(ctx.world)), ("agree", lambda: mpi.agree(ctx, None, "t"))):
+    if ctx.rank == 1:
+        time.sleep(1.5)                       # rank 1 is busy (a model load, a compile)
+    wall, cpu = time.perf_counter(), time.process_time()
+    wait()
+    if ctx.rank == 0:
+        print(name, round(time.perf_counter() - wall, 2), round(time.process_time() - cpu, 2), flush=True)
+"""
+
+
+def test_waiting_at_a_collective_does_not_spin():
+    # MPICH's blocking collectives busy-poll (a plain Barrier here: ~1.5 s of CPU for 1.5 s of waiting)
+    p = mpiexec(2, ["-c", QUIET_SCRIPT], limit=60)
+    assert p.returncode == 0, explain(p)
+    lines = dict((line.split()[0], line.split()[1:]) for line in p.stdout.splitlines() if line.split())
+    for name in ("quiet", "agree"):
+        wall, cpu = map(float, lines[name])
+        assert wall > 1.2, explain(p)                 # it did wait for rank 1
+        assert cpu < 0.3, f"{name}: {cpu} s of CPU while waiting {wall} s\n{explain(p)}"
+
+
 @pytest.mark.parametrize("entry", [["-m", "llcuda_mpi.jobs.bench"], ["jobs/bench.py"], ["-m", "llcuda_mpi", "bench"]])
 def test_one_rank_job_says_it_needs_two(entry):
     p = mpiexec(1, entry, limit=60)
