@@ -26,7 +26,7 @@ import numpy as np
 
 from . import quant_blocks as qb
 from . import rope
-from .matvec_cpu import GELU, NONE, SILU, _norm_matvecs_parallel, _norm_matvecs_serial, parallel_chunk
+from .matvec_cpu import GELU, NONE, SILU, _entry, parallel_chunk
 
 _CODES = {}        # qtype name -> quant_blocks code
 
@@ -61,21 +61,22 @@ def norm_matvecs(x, nw, eps, xn, mats, accumulate=False, act=None, hb=None):
         raise ValueError(f"norm_matvecs: {n} weights with act={act!r}: 1-3 weights, an act needs 2 and hb")
     if nw is None and not x.flags.c_contiguous:     # the row kernels read x through a flat pointer
         x = np.ascontiguousarray(x)
-    args = []
+    args, codes = [], []
     for qtype, raw, bias, y in mats + mats[-1:] * (3 - n):
         b = _NO_BIAS if bias is None else _read_only(bias.reshape(1, -1))
-        args += [_code(qtype), _read_only(raw), b, bias is not None, y]
+        args += [_read_only(raw), b, bias is not None, y]
+        codes.append(_code(qtype))
     code = NONE if act is None else {"silu": SILU, "gelu": GELU}[act]
     call = (x, _NO_NORM if nw is None else _read_only(nw), nw is not None, np.float32(eps), x if xn is None else xn,
             n, *args, bool(accumulate), code, x if hb is None else hb)
     if numba.get_num_threads() == 1:
-        _norm_matvecs_serial(*call)
+        _entry("norm_matvecs_serial", *codes)(*call)
         return
     # several threads: every call takes the parallel kernel (a serial twin as well would be a second
     # compile of every row decoder, ~13 s on a cold start); too little work to split: one chunk per weight
     rows = max(m[1].shape[0] for m in mats)
     chunk = parallel_chunk(sum(m[1].shape[0] for m in mats), sum(m[1].nbytes for m in mats) * x.shape[0])
-    _norm_matvecs_parallel(*call, chunk or rows)
+    _entry("norm_matvecs_parallel", *codes)(*call, chunk or rows)
 
 
 def rope_kv_store(q, k, v, k_cache, v_cache, slot, pos, base, neox, freq_factors=None):

@@ -19,6 +19,11 @@ That is why this module is longer than the ~200 lines of the other kernels.
 The launchers (matvec.matvec_cpu, embedding.embedding_cpu) validate and call
 `matvec` / `embedding` here; the matvec runs serially below PAR_MIN_BYTES of
 work (a parallel region costs more than it saves on a 256x256 weight).
+
+Entry points are made per format (`_entry`: matvec, embedding, and decode_cpu's
+norm + up-to-three-weight kernel per mix of formats), the format a compile-time
+constant, so a process compiles only the decoders its model uses (a cold start
+of the F32 default model: 17.8 s instead of 29.9 s of compiling).
 """
 
 import math
@@ -27,8 +32,8 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.core import cgutils, errors
+from numba.extending import intrinsic, overload
 
 from .quant_blocks import BF16, F16, F32, Q4_0, Q4_K, Q5_K, Q6_K, Q8_0
 
@@ -408,23 +413,39 @@ def _q6_scales(row, asc):
             asc[16 * k + g] = d * np.float32(sc - ((sc & 0x80) << 1))
 
 
-@njit(cache=True)
-def _decode_row(qt, row, buf):
-    """Row bytes (uint8) -> buf float32 (cols,). Not for F32 (see _rows, embedding)."""
-    if qt == Q4_K:
-        _row_q45_k(row, buf, False)
-    elif qt == Q6_K:
-        _row_q6_k(row, buf)
-    elif qt == Q8_0:
-        _row_q8_0(row, buf)
-    elif qt == Q4_0:
-        _row_q4_0(row, buf)
-    elif qt == Q5_K:
-        _row_q45_k(row, buf, True)
-    elif qt == F16:
-        _row_f16(row, buf)
-    elif qt == BF16:
-        _row_bf16(row, buf)
+# ---------------------------------------------------------------- the format, chosen while compiling
+# The format code qt reaches the row kernels as a compile-time constant: the entry points are made
+# per format (`_entry`, below), and `_decode` / `_fused` pick the format's code while numba types
+# the call, so a process compiles the decoders of the formats it meets and no others. (A runtime
+# switch over all eight made every entry point compile, and LLVM optimise, every decoder: ~17 s of
+# a cold start for a model with one format.)
+
+def _format(qt):
+    """The value of a compile-time constant format code (at typing time)."""
+    if not isinstance(qt, types.IntegerLiteral):
+        raise errors.TypingError(f"matvec_cpu: the format code must be a compile-time constant, got {qt}")
+    return qt.literal_value
+
+
+def _decode(qt, row, buf):
+    """Row bytes (uint8) -> buf float32 (cols,) in format qt (a constant); F32: nothing (read in place)."""
+    raise NotImplementedError("compiled by numba only")
+
+
+_DECODERS = {
+    Q4_K: lambda qt, row, buf: _row_q45_k(row, buf, False),
+    Q5_K: lambda qt, row, buf: _row_q45_k(row, buf, True),
+    Q6_K: lambda qt, row, buf: _row_q6_k(row, buf),
+    Q8_0: lambda qt, row, buf: _row_q8_0(row, buf),
+    Q4_0: lambda qt, row, buf: _row_q4_0(row, buf),
+    F16: lambda qt, row, buf: _row_f16(row, buf),
+    BF16: lambda qt, row, buf: _row_bf16(row, buf),
+}
+
+
+@overload(_decode)
+def _decode_for(qt, row, buf):
+    return _DECODERS.get(_format(qt), lambda qt, row, buf: None)
 
 
 # ---------------------------------------------------------------- matvec
@@ -488,39 +509,58 @@ def _out(v, x, y, r, bias, has_bias, accumulate):
 @njit(fastmath={"reassoc", "contract"}, cache=True)
 def _rows_decoded(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf):
     """y[:, r0:r1] [+]= x @ W[r0:r1].T [+ bias]; each row decoded once (into buf) for all B rows of x.
-    One row loop per format: the format switch is outside the loop."""
+    One row loop (qt is a constant)."""
     if qt == F32:
         wf = w.view(np.float32)                     # once per call: a view per row costs ~15 ns
         for r in range(r0, r1):
             _out(wf[r], x, y, r, bias, has_bias, accumulate)
-    elif qt == Q4_K:
+    else:
         for r in range(r0, r1):
-            _row_q45_k(w[r], buf, False)
+            _decode(qt, w[r], buf)
             _out(buf, x, y, r, bias, has_bias, accumulate)
-    elif qt == Q6_K:
-        for r in range(r0, r1):
-            _row_q6_k(w[r], buf)
-            _out(buf, x, y, r, bias, has_bias, accumulate)
-    elif qt == Q8_0:
-        for r in range(r0, r1):
-            _row_q8_0(w[r], buf)
-            _out(buf, x, y, r, bias, has_bias, accumulate)
-    elif qt == Q4_0:
-        for r in range(r0, r1):
-            _row_q4_0(w[r], buf)
-            _out(buf, x, y, r, bias, has_bias, accumulate)
-    elif qt == Q5_K:
-        for r in range(r0, r1):
-            _row_q45_k(w[r], buf, True)
-            _out(buf, x, y, r, bias, has_bias, accumulate)
-    elif qt == F16:
-        for r in range(r0, r1):
-            _row_f16(w[r], buf)
-            _out(buf, x, y, r, bias, has_bias, accumulate)
-    elif qt == BF16:
-        for r in range(r0, r1):
-            _row_bf16(w[r], buf)
-            _out(buf, x, y, r, bias, has_bias, accumulate)
+
+
+def _fused_q8_0(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf):
+    for r in range(r0, r1):
+        _finish(y, 0, r, _fdot_q8_0(w[r], x, 0), bias, has_bias, accumulate)
+
+
+def _fused_q4_0(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf):
+    for r in range(r0, r1):
+        _finish(y, 0, r, _fdot_q4_0(w[r], x, 0), bias, has_bias, accumulate)
+
+
+def _fused_q45_k(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf):
+    nsb = x.shape[1] // 32                          # sub-blocks: scales, mins, x sums in buf
+    asc, msc, xs = buf[:nsb], buf[nsb:2 * nsb], buf[2 * nsb:3 * nsb]
+    for i in range(nsb):
+        xs[i] = _dot(x[0, 32 * i:32 * i + 32], _ONES32)
+    for r in range(r0, r1):
+        if qt == Q5_K:                              # a constant: one of the two is compiled in
+            _k_scales(w[r], 176, asc, msc)
+            d = _fdot_q5_k(w[r], x, 0, asc)
+        else:
+            _k_scales(w[r], 144, asc, msc)
+            d = _fdot_q4_k(w[r], x, 0, asc)
+        _finish(y, 0, r, d - _dot(msc, xs), bias, has_bias, accumulate)
+
+
+def _fused_q6_k(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf):
+    for r in range(r0, r1):
+        _q6_scales(w[r], buf)
+        _finish(y, 0, r, _fdot_q6_k(w[r], x, 0, buf), bias, has_bias, accumulate)
+
+
+def _fused(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf):
+    raise NotImplementedError("compiled by numba only")
+
+
+_FUSED = {Q8_0: _fused_q8_0, Q4_0: _fused_q4_0, Q4_K: _fused_q45_k, Q5_K: _fused_q45_k, Q6_K: _fused_q6_k}
+
+
+@overload(_fused)
+def _fused_for(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf):
+    return _FUSED.get(_format(qt), lambda qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf: None)
 
 
 @njit(cache=True)
@@ -528,32 +568,7 @@ def _rows_fused(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf):
     """B = 1, Q8_0 / Q4_0 / Q4_K / Q5_K / Q6_K: y[0, r0:r1] [+]= W[r0:r1] . x[0] [+ bias], decode fused into the dot
     (a function of its own: inlined into _rows_decoded, these unrolled loops crowd out the
     inlining there and slow the other formats ~1.5x)."""
-    if qt == Q8_0:
-        for r in range(r0, r1):
-            _finish(y, 0, r, _fdot_q8_0(w[r], x, 0), bias, has_bias, accumulate)
-    elif qt == Q4_0:
-        for r in range(r0, r1):
-            _finish(y, 0, r, _fdot_q4_0(w[r], x, 0), bias, has_bias, accumulate)
-    elif qt == Q4_K:
-        nsb = x.shape[1] // 32                      # sub-blocks: scales, mins, x sums in buf
-        asc, msc, xs = buf[:nsb], buf[nsb:2 * nsb], buf[2 * nsb:3 * nsb]
-        for i in range(nsb):
-            xs[i] = _dot(x[0, 32 * i:32 * i + 32], _ONES32)
-        for r in range(r0, r1):
-            _k_scales(w[r], 144, asc, msc)
-            _finish(y, 0, r, _fdot_q4_k(w[r], x, 0, asc) - _dot(msc, xs), bias, has_bias, accumulate)
-    elif qt == Q5_K:
-        nsb = x.shape[1] // 32
-        asc, msc, xs = buf[:nsb], buf[nsb:2 * nsb], buf[2 * nsb:3 * nsb]
-        for i in range(nsb):
-            xs[i] = _dot(x[0, 32 * i:32 * i + 32], _ONES32)
-        for r in range(r0, r1):
-            _k_scales(w[r], 176, asc, msc)
-            _finish(y, 0, r, _fdot_q5_k(w[r], x, 0, asc) - _dot(msc, xs), bias, has_bias, accumulate)
-    elif qt == Q6_K:
-        for r in range(r0, r1):
-            _q6_scales(w[r], buf)
-            _finish(y, 0, r, _fdot_q6_k(w[r], x, 0, buf), bias, has_bias, accumulate)
+    _fused(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf)
 
 
 @njit(fastmath={"reassoc", "contract"}, cache=True)
@@ -603,7 +618,7 @@ def _rows_tiled(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf):
             t0, t1, t2, t3 = wf[0], wf[1], wf[2], wf[3]
         else:
             for i in range(4):
-                _decode_row(qt, w[r + i], tile[i])
+                _decode(qt, w[r + i], tile[i])
             t0, t1, t2, t3 = tile[0], tile[1], tile[2], tile[3]
         b = 0
         while b + 4 <= B:
@@ -642,17 +657,48 @@ def _rows(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf):
         _rows_decoded(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf)
 
 
-@njit(cache=True)
-def _matvec_serial(qt, w, x, y, bias, has_bias, accumulate):
-    _rows(qt, w, x, y, bias, has_bias, accumulate, 0, w.shape[0], np.empty(x.shape[1], np.float32))
+# ---------------------------------------------------------------- entry points, one per format (mix)
+
+_NAMES = {F32: "F32", F16: "F16", BF16: "BF16", Q8_0: "Q8_0", Q4_0: "Q4_0", Q4_K: "Q4_K", Q5_K: "Q5_K",
+          Q6_K: "Q6_K"}
+_MAKERS = {}
+_ENTRIES = {}           # (kind, format codes...) -> the compiled entry point
 
 
-@njit(parallel=True, cache=True)
-def _matvec_parallel(qt, w, x, y, bias, has_bias, accumulate, chunk):
-    rows = w.shape[0]
-    for c in prange((rows + chunk - 1) // chunk):
-        buf = np.empty(x.shape[1], np.float32)      # one scratch per chunk of rows
-        _rows(qt, w, x, y, bias, has_bias, accumulate, c * chunk, min(rows, c * chunk + chunk), buf)
+def _maker(fn):
+    _MAKERS[fn.__name__[len("_make_"):]] = fn
+    return fn
+
+
+def _entry(kind, *qts):
+    """The entry point `kind` for these format codes: made on first use in a process; numba's disk
+    cache keeps each one's machine code under its own name (the formats in it)."""
+    key = (kind,) + qts
+    fn = _ENTRIES.get(key)
+    if fn is None:
+        if any(q not in _NAMES for q in qts):
+            raise ValueError(f"matvec_cpu: unsupported format code in {qts}")
+        fn = _MAKERS[kind](*qts)
+        fn.__name__ = fn.__qualname__ = "_".join([kind] + [_NAMES[q] for q in qts])
+        fn = _ENTRIES[key] = njit(cache=True, parallel=kind.endswith("parallel"))(fn)
+    return fn
+
+
+@_maker
+def _make_matvec_serial(QT):
+    def matvec_serial(w, x, y, bias, has_bias, accumulate):
+        _rows(QT, w, x, y, bias, has_bias, accumulate, 0, w.shape[0], np.empty(x.shape[1], np.float32))
+    return matvec_serial
+
+
+@_maker
+def _make_matvec_parallel(QT):
+    def matvec_parallel(w, x, y, bias, has_bias, accumulate, chunk):
+        rows = w.shape[0]
+        for c in prange((rows + chunk - 1) // chunk):
+            buf = np.empty(x.shape[1], np.float32)      # one scratch per chunk of rows
+            _rows(QT, w, x, y, bias, has_bias, accumulate, c * chunk, min(rows, c * chunk + chunk), buf)
+    return matvec_parallel
 
 
 def parallel_chunk(rows, work_bytes):
@@ -669,9 +715,9 @@ def matvec(qt, w, x, y, bias, has_bias, accumulate):
         x = np.ascontiguousarray(x)
     chunk = parallel_chunk(w.shape[0], w.nbytes * x.shape[0])
     if chunk:
-        _matvec_parallel(qt, w, x, y, bias, has_bias, accumulate, chunk)
+        _entry("matvec_parallel", qt)(w, x, y, bias, has_bias, accumulate, chunk)
     else:
-        _matvec_serial(qt, w, x, y, bias, has_bias, accumulate)
+        _entry("matvec_serial", qt)(w, x, y, bias, has_bias, accumulate)
 
 
 # ---------------------------------------------------------------- exp
@@ -744,62 +790,71 @@ def _gate_into(y1, y2, act, hb):
                 hb[t, i] = g / (np.float32(1.0) + exp32(np.float32(-2.0) * u)) * y2[t, i]
 
 
-@njit(cache=True)
-def _norm_matvecs_serial(x, nw, use_norm, eps, xn, nmat,
-                         qt1, w1, b1, hb1, y1, qt2, w2, b2, hb2, y2, qt3, w3, b3, hb3, y3,
-                         accumulate, act, hb):
-    src = x
-    if use_norm:
-        _rmsnorm_into(x, nw, eps, xn)
-        src = xn
-    buf = np.empty(src.shape[1], np.float32)            # the row kernels' scratch (a decoded row, K scales)
-    _rows(qt1, w1, src, y1, b1, hb1, accumulate, 0, w1.shape[0], buf)
-    if nmat > 1:
-        _rows(qt2, w2, src, y2, b2, hb2, accumulate, 0, w2.shape[0], buf)
-    if nmat > 2:
-        _rows(qt3, w3, src, y3, b3, hb3, accumulate, 0, w3.shape[0], buf)
-    if act != NONE:
-        _gate_into(y1, y2, act, hb)
+@_maker
+def _make_norm_matvecs_serial(Q1, Q2, Q3):
+    def norm_matvecs_serial(x, nw, use_norm, eps, xn, nmat, w1, b1, hb1, y1, w2, b2, hb2, y2, w3, b3, hb3, y3,
+                            accumulate, act, hb):
+        """kernels/decode_cpu.norm_matvecs on one thread, weights of formats Q1, Q2, Q3."""
+        src = x
+        if use_norm:
+            _rmsnorm_into(x, nw, eps, xn)
+            src = xn
+        buf = np.empty(src.shape[1], np.float32)        # the row kernels' scratch (a decoded row, K scales)
+        _rows(Q1, w1, src, y1, b1, hb1, accumulate, 0, w1.shape[0], buf)
+        if nmat > 1:
+            _rows(Q2, w2, src, y2, b2, hb2, accumulate, 0, w2.shape[0], buf)
+        if nmat > 2:
+            _rows(Q3, w3, src, y3, b3, hb3, accumulate, 0, w3.shape[0], buf)
+        if act != NONE:
+            _gate_into(y1, y2, act, hb)
+    return norm_matvecs_serial
 
 
-@njit(parallel=True, cache=True)
-def _norm_matvecs_parallel(x, nw, use_norm, eps, xn, nmat,
-                           qt1, w1, b1, hb1, y1, qt2, w2, b2, hb2, y2, qt3, w3, b3, hb3, y3,
-                           accumulate, act, hb, chunk):
-    """kernels/decode_cpu.norm_matvecs: the rows of up to three weights in chunks over numba's
-    threads (a chunk >= every weight's rows: one chunk per weight)."""
-    src = x
-    if use_norm:
-        _rmsnorm_into(x, nw, eps, xn)
-        src = xn
-    c1 = (w1.shape[0] + chunk - 1) // chunk
-    c2 = (w2.shape[0] + chunk - 1) // chunk if nmat > 1 else 0
-    c3 = (w3.shape[0] + chunk - 1) // chunk if nmat > 2 else 0
-    for c in prange(c1 + c2 + c3):                      # row chunks of all the weights
-        buf = np.empty(src.shape[1], np.float32)
-        if c < c1:
-            r0 = c * chunk
-            _rows(qt1, w1, src, y1, b1, hb1, accumulate, r0, min(w1.shape[0], r0 + chunk), buf)
-        elif c < c1 + c2:
-            r0 = (c - c1) * chunk
-            _rows(qt2, w2, src, y2, b2, hb2, accumulate, r0, min(w2.shape[0], r0 + chunk), buf)
-        else:
-            r0 = (c - c1 - c2) * chunk
-            _rows(qt3, w3, src, y3, b3, hb3, accumulate, r0, min(w3.shape[0], r0 + chunk), buf)
-    if act != NONE:
-        _gate_into(y1, y2, act, hb)
+@_maker
+def _make_norm_matvecs_parallel(Q1, Q2, Q3):
+    def norm_matvecs_parallel(x, nw, use_norm, eps, xn, nmat, w1, b1, hb1, y1, w2, b2, hb2, y2, w3, b3, hb3, y3,
+                              accumulate, act, hb, chunk):
+        """kernels/decode_cpu.norm_matvecs: the rows of up to three weights in chunks over numba's
+        threads (a chunk >= every weight's rows: one chunk per weight)."""
+        src = x
+        if use_norm:
+            _rmsnorm_into(x, nw, eps, xn)
+            src = xn
+        c1 = (w1.shape[0] + chunk - 1) // chunk
+        c2 = (w2.shape[0] + chunk - 1) // chunk if nmat > 1 else 0
+        c3 = (w3.shape[0] + chunk - 1) // chunk if nmat > 2 else 0
+        for c in prange(c1 + c2 + c3):                  # row chunks of all the weights
+            buf = np.empty(src.shape[1], np.float32)
+            if c < c1:
+                r0 = c * chunk
+                _rows(Q1, w1, src, y1, b1, hb1, accumulate, r0, min(w1.shape[0], r0 + chunk), buf)
+            elif c < c1 + c2:
+                r0 = (c - c1) * chunk
+                _rows(Q2, w2, src, y2, b2, hb2, accumulate, r0, min(w2.shape[0], r0 + chunk), buf)
+            else:
+                r0 = (c - c1 - c2) * chunk
+                _rows(Q3, w3, src, y3, b3, hb3, accumulate, r0, min(w3.shape[0], r0 + chunk), buf)
+        if act != NONE:
+            _gate_into(y1, y2, act, hb)
+    return norm_matvecs_parallel
 
 
 # ---------------------------------------------------------------- embedding
 
-@njit(cache=True)
+@_maker
+def _make_embedding(QT):
+    def embedding(w, ids, out, scale):
+        for t in range(ids.shape[0]):
+            if QT == F32:
+                out[t, :] = w[ids[t]].view(np.float32)
+            else:
+                _decode(QT, w[ids[t]], out[t])
+            if scale != 1.0:
+                for i in range(out.shape[1]):
+                    out[t, i] *= scale
+    return embedding
+
+
 def embedding(qt, w, ids, out, scale):
     """out (T, cols) = rows ids of w (uint8), dequantised, times scale (float32); ids checked by the caller."""
-    for t in range(ids.shape[0]):
-        if qt == F32:
-            out[t, :] = w[ids[t]].view(np.float32)
-        else:
-            _decode_row(qt, w[ids[t]], out[t])
-        if scale != 1.0:
-            for i in range(out.shape[1]):
-                out[t, i] *= scale
+    _entry("embedding", qt)(w, ids, out, scale)
