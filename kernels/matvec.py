@@ -22,7 +22,7 @@ batch by a per-format row decoder (matvec_cpu.py, cached on disk: see there).
 import numpy as np
 from numba import cuda, float32
 
-from . import matvec_cpu as mvc
+from . import decode_cpu
 from . import quant_blocks as qb
 
 WARPS = 4      # rows (warps) per CUDA block
@@ -165,9 +165,10 @@ matmul_cuda = matvec_cuda   # prefill: the same kernel tiles any number of rows 
 # ---------------------------------------------------------------- CPU
 
 def matvec_cpu(W_raw, qtype, x, y, bias=None, accumulate=False):
-    """y (B, rows) [+]= x (B, cols) @ W.T [+ bias] with numba on the CPU; numpy arrays."""
-    fmt, w16, x2, y2, b, has_bias = check_matvec(W_raw, qtype, x, y, bias, device=False)
-    mvc.matvec(fmt.qtype, w16.view(np.uint8), x2, y2, b, has_bias, bool(accumulate))
+    """y (B, rows) [+]= x (B, cols) @ W.T [+ bias] with numba on the CPU; numpy arrays. The engine's
+    kernel (decode_cpu.norm_matvecs, one weight and no norm): one compiled copy serves both."""
+    fmt, w16, x2, y2, _, _ = check_matvec(W_raw, qtype, x, y, bias, device=False)
+    decode_cpu.norm_matvecs(x2, None, 0.0, None, [(fmt.name, w16.view(np.uint8), bias, y2)], accumulate=accumulate)
 
 
 matmul_cpu = matvec_cpu

@@ -16,12 +16,13 @@ this file's content, so the kernels and every helper and intrinsic they call
 stay in this one file (an edited helper in another file would be served stale).
 That is why this module is longer than the ~200 lines of the other kernels.
 
-The launchers (matvec.matvec_cpu, embedding.embedding_cpu) validate and call
-`matvec` / `embedding` here; the matvec runs serially below PAR_MIN_BYTES of
-work (a parallel region costs more than it saves on a 256x256 weight).
+The launchers (matvec.matvec_cpu through decode_cpu.norm_matvecs, and
+embedding.embedding_cpu) validate and call the entry points here; on one thread
+the serial kernel runs, on more the parallel one, which splits weights of
+PAR_MIN_BYTES of work or more into row chunks over the threads.
 
-Entry points are made per format (`_entry`: matvec, embedding, and decode_cpu's
-norm + up-to-three-weight kernel per mix of formats), the format a compile-time
+Entry points are made per format (`_entry`: embedding, and decode_cpu's norm +
+up-to-three-weight kernel per mix of formats), the format a compile-time
 constant, so a process compiles only the decoders its model uses (a cold start
 of the F32 default model: 17.8 s instead of 29.9 s of compiling).
 """
@@ -684,40 +685,12 @@ def _entry(kind, *qts):
     return fn
 
 
-@_maker
-def _make_matvec_serial(QT):
-    def matvec_serial(w, x, y, bias, has_bias, accumulate):
-        _rows(QT, w, x, y, bias, has_bias, accumulate, 0, w.shape[0], np.empty(x.shape[1], np.float32))
-    return matvec_serial
-
-
-@_maker
-def _make_matvec_parallel(QT):
-    def matvec_parallel(w, x, y, bias, has_bias, accumulate, chunk):
-        rows = w.shape[0]
-        for c in prange((rows + chunk - 1) // chunk):
-            buf = np.empty(x.shape[1], np.float32)      # one scratch per chunk of rows
-            _rows(QT, w, x, y, bias, has_bias, accumulate, c * chunk, min(rows, c * chunk + chunk), buf)
-    return matvec_parallel
-
-
 def parallel_chunk(rows, work_bytes):
     """Rows per chunk for the parallel kernels, or 0: run serially (one thread, or too little work)."""
     threads = numba.get_num_threads()
     if threads == 1 or work_bytes < PAR_MIN_BYTES or rows < 2 * threads:
         return 0
     return -(-rows // (CHUNKS_PER_THREAD * threads))
-
-
-def matvec(qt, w, x, y, bias, has_bias, accumulate):
-    """y (B, rows) [+]= x (B, cols) @ W.T [+ bias]: validated arrays (matvec.check_matvec), w uint8."""
-    if not x.flags.c_contiguous:                    # the fused kernels read x through a flat pointer
-        x = np.ascontiguousarray(x)
-    chunk = parallel_chunk(w.shape[0], w.nbytes * x.shape[0])
-    if chunk:
-        _entry("matvec_parallel", qt)(w, x, y, bias, has_bias, accumulate, chunk)
-    else:
-        _entry("matvec_serial", qt)(w, x, y, bias, has_bias, accumulate)
 
 
 # ---------------------------------------------------------------- exp
@@ -800,11 +773,12 @@ def _make_norm_matvecs_serial(Q1, Q2, Q3):
             _rmsnorm_into(x, nw, eps, xn)
             src = xn
         buf = np.empty(src.shape[1], np.float32)        # the row kernels' scratch (a decoded row, K scales)
-        _rows(Q1, w1, src, y1, b1, hb1, accumulate, 0, w1.shape[0], buf)
+        r0 = np.int64(0)        # not the constant 0: _rows would be compiled again for it (the parallel kernel's is an int)
+        _rows(Q1, w1, src, y1, b1, hb1, accumulate, r0, w1.shape[0], buf)
         if nmat > 1:
-            _rows(Q2, w2, src, y2, b2, hb2, accumulate, 0, w2.shape[0], buf)
+            _rows(Q2, w2, src, y2, b2, hb2, accumulate, r0, w2.shape[0], buf)
         if nmat > 2:
-            _rows(Q3, w3, src, y3, b3, hb3, accumulate, 0, w3.shape[0], buf)
+            _rows(Q3, w3, src, y3, b3, hb3, accumulate, r0, w3.shape[0], buf)
         if act != NONE:
             _gate_into(y1, y2, act, hb)
     return norm_matvecs_serial
