@@ -26,11 +26,13 @@ shares the node (it is always the node's first rank), so one is subtracted.
 import os
 import socket
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 
 from mpi4py import MPI
 
+ABORT_GRACE_S = 0.5             # between printing a rank's traceback and MPI_Abort
 LOCAL_RANK_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PMI_LOCAL_RANK", "SLURM_LOCALID")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
@@ -50,6 +52,9 @@ def _abort_hook(exc_type, exc, tb):
     sys.stderr.write("\n".join(lines) + "\n")
     sys.stderr.flush()
     if MPI.Is_initialized() and not MPI.Is_finalized():
+        # the launcher forwards output asynchronously: an abort at once can take the forwarding
+        # down before these lines are out (seen under load: exit 1 and an empty stderr)
+        time.sleep(ABORT_GRACE_S)
         MPI.COMM_WORLD.Abort(1)
     sys.__excepthook__(exc_type, exc, tb)
 
