@@ -8,9 +8,9 @@ Reference: kernels.reference.silu_mul / gelu_mul / relu.
 import math
 
 import numpy as np
-from numba import cuda, float32, njit, prange
+from numba import cuda, float32, prange
 
-from ._common import TPB_ELT, as_2d, blocks, check
+from ._common import TPB_ELT, as_2d, blocks, check, cpu_parallel
 
 GELU_C = 0.7978845608028654  # sqrt(2 / pi)
 
@@ -42,7 +42,7 @@ def _gated_kernel(gate, up, out, act, gated):
     out[t, i] = a
 
 
-@njit(parallel=True, cache=True)
+@cpu_parallel()
 def _gated_cpu(gate, up, out, act, gated):
     T, n = out.shape
     for t in prange(T):

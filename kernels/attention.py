@@ -16,7 +16,7 @@ from llvmlite import ir
 from numba import config, cuda, float32, int32, int64, njit, prange, types
 from numba.extending import intrinsic
 
-from ._common import TPB_ELT, block_max, block_sum, blocks, check, warp_max, warp_sum
+from ._common import TPB_ELT, block_max, block_sum, blocks, check, cpu_parallel, warp_max, warp_sum
 
 TPB_ATT = 64 if config.ENABLE_CUDASIM else 128   # threads per (token, head) block
 NW_ATT = TPB_ATT // 32                            # its warps
@@ -208,7 +208,7 @@ def exp32(x):
     return p * _f32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
 
 
-@njit(parallel=True, cache=True)
+@cpu_parallel()
 def _kv_store_cpu(k, v, k_cache, v_cache, slot, pos):
     for t in prange(k.shape[0]):
         s = slot[t]
@@ -219,7 +219,7 @@ def _kv_store_cpu(k, v, k_cache, v_cache, slot, pos):
         v_cache[s, p] = v[t]
 
 
-@njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
+@cpu_parallel(fastmath={"reassoc", "contract"})
 def _attention_cpu(q, k_cache, v_cache, slot, pos, scale, window, out):
     # One task per (token, kv head): the query heads of a GQA group share each k and v row load.
     # reassoc: the q.k sums vectorise; v is accumulated row by row (contiguous, no reduction over d).

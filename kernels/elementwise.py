@@ -8,9 +8,9 @@ Reference: kernels.reference.add / scale / softcap.
 import math
 
 import numpy as np
-from numba import cuda, njit, prange
+from numba import cuda, prange
 
-from ._common import TPB_ELT, as_2d, blocks, check
+from ._common import TPB_ELT, as_2d, blocks, check, cpu_parallel
 
 ADD, SCALE, SOFTCAP = 0, 1, 2
 
@@ -42,7 +42,7 @@ def _unary_kernel(x, op, c):
         x[t, i] = c * math.tanh(x[t, i] / c)
 
 
-@njit(parallel=True, cache=True)
+@cpu_parallel()
 def _binary_cpu(a, b, out):
     T, n = out.shape
     for t in prange(T):
@@ -50,7 +50,7 @@ def _binary_cpu(a, b, out):
             out[t, i] = a[t, i] + b[t, i]
 
 
-@njit(parallel=True, cache=True)
+@cpu_parallel()
 def _unary_cpu(x, op, c):
     T, n = x.shape
     for t in prange(T):

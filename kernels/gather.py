@@ -5,9 +5,9 @@ are skipped. Reference: numpy `x[rows]`.
 """
 
 import numpy as np
-from numba import config, cuda, njit, prange
+from numba import config, cuda, prange
 
-from ._common import blocks, check
+from ._common import blocks, check, cpu_parallel
 
 TPB = 32 if config.ENABLE_CUDASIM else 256
 
@@ -25,7 +25,7 @@ def _gather_kernel(x, rows, out):
         out[b, i] = x[r, i]
 
 
-@njit(parallel=True, cache=True)
+@cpu_parallel()
 def _gather_cpu(x, rows, out):
     for b in prange(out.shape[0]):
         r = rows[b]

@@ -6,9 +6,9 @@ staging TILE x TILE tiles of A and B in shared memory. Reference: kernels.refere
 """
 
 import numpy as np
-from numba import config, cuda, float32, njit, prange
+from numba import config, cuda, float32, prange
 
-from ._common import blocks, check
+from ._common import blocks, check, cpu_parallel
 
 TILE = 8 if config.ENABLE_CUDASIM else 16
 
@@ -36,7 +36,7 @@ def _matmul_kernel(a, b, c):
         c[row, col] = acc
 
 
-@njit(parallel=True, cache=True)
+@cpu_parallel()
 def _matmul_cpu(a, b, c):
     M, K = a.shape
     N = b.shape[1]

@@ -8,9 +8,9 @@ Reference: kernels.reference.rmsnorm / add_rmsnorm.
 import math
 
 import numpy as np
-from numba import cuda, float32, njit, prange
+from numba import cuda, float32, prange
 
-from ._common import TPB, block_sum, check
+from ._common import TPB, block_sum, check, cpu_parallel
 
 
 @cuda.jit(cache=True)
@@ -52,7 +52,7 @@ def _add_rmsnorm_kernel(x, r, w, eps, out):
         out[bx, i] = x[bx, i] * inv * w[i]
 
 
-@njit(parallel=True, cache=True)
+@cpu_parallel()
 def _rmsnorm_cpu(x, w, eps, out):
     T, n = x.shape
     for t in prange(T):
@@ -64,7 +64,7 @@ def _rmsnorm_cpu(x, w, eps, out):
             out[t, i] = x[t, i] * inv * w[i]
 
 
-@njit(parallel=True, cache=True)
+@cpu_parallel()
 def _add_rmsnorm_cpu(x, r, w, eps, out):
     T, n = x.shape
     for t in prange(T):

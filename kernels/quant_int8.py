@@ -9,9 +9,9 @@ Reference: kernels.reference.quantize_int8 / dequantize_int8.
 import math
 
 import numpy as np
-from numba import config, cuda, float32, njit, prange
+from numba import config, cuda, float32, prange
 
-from ._common import TPB_ELT, block_max, blocks, check
+from ._common import TPB_ELT, block_max, blocks, check, cpu_parallel
 
 TPB_Q = 32 if config.ENABLE_CUDASIM else 128  # threads per (row, group) block
 
@@ -56,7 +56,7 @@ def _dequantize_kernel(q, scale, out):
     out[r, i] = float32(q[r, i]) * scale[r, i // (n // scale.shape[1])]
 
 
-@njit(parallel=True, cache=True)
+@cpu_parallel()
 def _quantize_cpu(x, q, scale):
     R, n = x.shape
     G = scale.shape[1]
@@ -75,7 +75,7 @@ def _quantize_cpu(x, q, scale):
             q[r, i] = qi if v >= 0 else -qi
 
 
-@njit(parallel=True, cache=True)
+@cpu_parallel()
 def _dequantize_cpu(q, scale, out):
     R, n = q.shape
     g = n // scale.shape[1]

@@ -13,7 +13,7 @@ import math
 import numpy as np
 from numba import cuda, float32, njit, prange
 
-from ._common import TPB_ELT, blocks, check
+from ._common import TPB_ELT, blocks, check, cpu_parallel
 
 
 @cuda.jit(device=True)
@@ -77,7 +77,7 @@ def _turn(x, t, h, i, half, neox, c, s):
     x[t, h, i1] = a * s + b * c
 
 
-@njit(parallel=True, cache=True)
+@cpu_parallel()
 def _rope_cpu(x, pos, base, neox, ff, use_ff):
     T, nh, D = x.shape
     half = D // 2

@@ -18,7 +18,7 @@ import math
 import numpy as np
 from numba import config, cuda, float64, int32, int64, njit, prange, uint64
 
-from ._common import block_max, block_sum, check
+from ._common import block_max, block_sum, check, cpu_parallel
 
 TPB_S = 8 if config.ENABLE_CUDASIM else 1024  # one block per row: many loads in flight
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -167,7 +167,7 @@ def _sample_kernel(logits, bits, temperature, top_k, top_p, seed, counter, out):
         out[bx] = int32(best if best < V else 0)
 
 
-@njit(parallel=True, cache=True)
+@cpu_parallel()
 def _sample_cpu(logits, bits, temperature, top_k, top_p, seed, counter, out):
     B, V = logits.shape
     for b in prange(B):

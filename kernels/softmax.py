@@ -6,9 +6,9 @@ Reference: kernels.reference.softmax.
 import math
 
 import numpy as np
-from numba import cuda, float32, njit, prange
+from numba import cuda, float32, prange
 
-from ._common import TPB, as_2d, block_max, block_sum, check
+from ._common import TPB, as_2d, block_max, block_sum, check, cpu_parallel
 
 
 @cuda.jit(cache=True)
@@ -34,7 +34,7 @@ def _softmax_kernel(x, out):
         out[bx, i] = out[bx, i] * inv
 
 
-@njit(parallel=True, cache=True)
+@cpu_parallel()
 def _softmax_cpu(x, out):
     T, n = x.shape
     for t in prange(T):
