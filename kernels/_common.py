@@ -26,7 +26,7 @@ def _lock_simulator_shared():
     memory and a kernel computes garbage now and then (seen: a one-in-a-few-hundred wrong logit in
     the simulator engine tests). Here lookup and creation happen under one lock; a GPU is untouched.
     """
-    from numba.core import types
+    from numba.core import types as nbtypes
     from numba.cuda.simulator import kernelapi
     from numba.np import numpy_support
 
@@ -41,7 +41,7 @@ def _lock_simulator_shared():
             return plain(self, shape, dtype, alignment)       # errors / dynamic shared: unchanged
         caller = sys._getframe(1)
         key = (caller.f_code.co_filename, caller.f_lineno)
-        if isinstance(dtype, types.Type):
+        if isinstance(dtype, nbtypes.Type):
             dtype = numpy_support.as_dtype(dtype)
         with lock:
             arr = self._allocations.get(key)

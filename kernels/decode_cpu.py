@@ -69,14 +69,11 @@ def norm_matvecs(x, nw, eps, xn, mats, accumulate=False, act=None, hb=None):
     code = NONE if act is None else {"silu": SILU, "gelu": GELU}[act]
     call = (x, _NO_NORM if nw is None else _read_only(nw), nw is not None, np.float32(eps), x if xn is None else xn,
             n, *args, bool(accumulate), code, x if hb is None else hb)
-    if numba.get_num_threads() == 1:
-        _entry("norm_matvecs_serial", *codes)(*call)
-        return
-    # several threads: every call takes the parallel kernel (a serial twin as well would be a second
-    # compile of every row decoder, ~13 s on a cold start); too little work to split: one chunk per weight
-    rows = max(m[1].shape[0] for m in mats)
-    chunk = parallel_chunk(sum(m[1].shape[0] for m in mats), sum(m[1].nbytes for m in mats) * x.shape[0])
-    _entry("norm_matvecs_parallel", *codes)(*call, chunk or rows)
+    # one kernel per thread count (a serial twin beside the parallel one would be a second compile
+    # of every row decoder, ~13 s on a cold start); too little work to split: one chunk per weight
+    threads = numba.get_num_threads()
+    chunk = parallel_chunk(sum(m[1].shape[0] for m in mats), sum(m[1].nbytes for m in mats) * x.shape[0], threads)
+    _entry("norm_matvecs", *codes, parallel=threads > 1)(*call, chunk or max(m[1].shape[0] for m in mats))
 
 
 def rope_kv_store(q, k, v, k_cache, v_cache, slot, pos, base, neox, freq_factors=None):

@@ -18,7 +18,7 @@ That is why this module is longer than the ~200 lines of the other kernels.
 
 The launchers (matvec.matvec_cpu through decode_cpu.norm_matvecs, and
 embedding.embedding_cpu) validate and call the entry points here; on one thread
-the serial kernel runs, on more the parallel one, which splits weights of
+a plain build of the kernel runs, on more its parallel build, which splits weights of
 PAR_MIN_BYTES of work or more into row chunks over the threads.
 
 Entry points are made per format (`_entry`: embedding, and decode_cpu's norm +
@@ -29,7 +29,6 @@ of the F32 default model: 17.8 s instead of 29.9 s of compiling).
 
 import math
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -663,7 +662,7 @@ def _rows(qt, w, x, y, bias, has_bias, accumulate, r0, r1, buf):
 _NAMES = {F32: "F32", F16: "F16", BF16: "BF16", Q8_0: "Q8_0", Q4_0: "Q4_0", Q4_K: "Q4_K", Q5_K: "Q5_K",
           Q6_K: "Q6_K"}
 _MAKERS = {}
-_ENTRIES = {}           # (kind, format codes...) -> the compiled entry point
+_ENTRIES = {}           # (kind, parallel, format codes...) -> the compiled entry point
 
 
 def _maker(fn):
@@ -671,23 +670,23 @@ def _maker(fn):
     return fn
 
 
-def _entry(kind, *qts):
+def _entry(kind, *qts, parallel=False):
     """The entry point `kind` for these format codes: made on first use in a process; numba's disk
-    cache keeps each one's machine code under its own name (the formats in it)."""
-    key = (kind,) + qts
+    cache keeps each one's machine code under its own name (the formats in it). parallel: the
+    parallel=True build (prange over numba's threads), else a plain one (prange runs as range)."""
+    key = (kind, parallel) + qts
     fn = _ENTRIES.get(key)
     if fn is None:
         if any(q not in _NAMES for q in qts):
             raise ValueError(f"matvec_cpu: unsupported format code in {qts}")
         fn = _MAKERS[kind](*qts)
-        fn.__name__ = fn.__qualname__ = "_".join([kind] + [_NAMES[q] for q in qts])
-        fn = _ENTRIES[key] = njit(cache=True, parallel=kind.endswith("parallel"))(fn)
+        fn.__name__ = fn.__qualname__ = "_".join([kind] + ["parallel"] * parallel + [_NAMES[q] for q in qts])
+        fn = _ENTRIES[key] = njit(cache=True, parallel=parallel)(fn)
     return fn
 
 
-def parallel_chunk(rows, work_bytes):
-    """Rows per chunk for the parallel kernels, or 0: run serially (one thread, or too little work)."""
-    threads = numba.get_num_threads()
+def parallel_chunk(rows, work_bytes, threads):
+    """Rows per chunk over `threads` threads, or 0: run serially (one thread, or too little work)."""
     if threads == 1 or work_bytes < PAR_MIN_BYTES or rows < 2 * threads:
         return 0
     return -(-rows // (CHUNKS_PER_THREAD * threads))
@@ -764,32 +763,12 @@ def _gate_into(y1, y2, act, hb):
 
 
 @_maker
-def _make_norm_matvecs_serial(Q1, Q2, Q3):
-    def norm_matvecs_serial(x, nw, use_norm, eps, xn, nmat, w1, b1, hb1, y1, w2, b2, hb2, y2, w3, b3, hb3, y3,
-                            accumulate, act, hb):
-        """kernels/decode_cpu.norm_matvecs on one thread, weights of formats Q1, Q2, Q3."""
-        src = x
-        if use_norm:
-            _rmsnorm_into(x, nw, eps, xn)
-            src = xn
-        buf = np.empty(src.shape[1], np.float32)        # the row kernels' scratch (a decoded row, K scales)
-        r0 = np.int64(0)        # not the constant 0: _rows would be compiled again for it (the parallel kernel's is an int)
-        _rows(Q1, w1, src, y1, b1, hb1, accumulate, r0, w1.shape[0], buf)
-        if nmat > 1:
-            _rows(Q2, w2, src, y2, b2, hb2, accumulate, r0, w2.shape[0], buf)
-        if nmat > 2:
-            _rows(Q3, w3, src, y3, b3, hb3, accumulate, r0, w3.shape[0], buf)
-        if act != NONE:
-            _gate_into(y1, y2, act, hb)
-    return norm_matvecs_serial
-
-
-@_maker
-def _make_norm_matvecs_parallel(Q1, Q2, Q3):
-    def norm_matvecs_parallel(x, nw, use_norm, eps, xn, nmat, w1, b1, hb1, y1, w2, b2, hb2, y2, w3, b3, hb3, y3,
-                              accumulate, act, hb, chunk):
-        """kernels/decode_cpu.norm_matvecs: the rows of up to three weights in chunks over numba's
-        threads (a chunk >= every weight's rows: one chunk per weight)."""
+def _make_norm_matvecs(Q1, Q2, Q3):
+    def norm_matvecs(x, nw, use_norm, eps, xn, nmat, w1, b1, hb1, y1, w2, b2, hb2, y2, w3, b3, hb3, y3,
+                     accumulate, act, hb, chunk):
+        """kernels/decode_cpu.norm_matvecs, weights of formats Q1, Q2, Q3: the rows of up to three
+        weights in chunks (over numba's threads in the parallel build; a chunk >= every weight's
+        rows: one chunk per weight)."""
         src = x
         if use_norm:
             _rmsnorm_into(x, nw, eps, xn)
@@ -810,7 +789,7 @@ def _make_norm_matvecs_parallel(Q1, Q2, Q3):
                 _rows(Q3, w3, src, y3, b3, hb3, accumulate, r0, min(w3.shape[0], r0 + chunk), buf)
         if act != NONE:
             _gate_into(y1, y2, act, hb)
-    return norm_matvecs_parallel
+    return norm_matvecs
 
 
 # ---------------------------------------------------------------- embedding

@@ -1,5 +1,5 @@
 """kernels/decode_cpu.py: the CPU engine's fused steps equal the plain ops they replace, bit for bit,
-on one thread (serial kernel) and on two (row chunks over threads)."""
+on one thread (the kernel's plain build) and on two (row chunks over threads)."""
 
 import numba
 import numpy as np
